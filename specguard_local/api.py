@@ -1,0 +1,53 @@
+"""`solve`: run one method on one question and collect its steps, answer and statistics."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from .decoders import METHODS
+from .decoders.options import Options
+from .errors import SpecGuardError
+from .events import Result, Step
+from .grading import extract_answer
+from .runtime import Runtime, RuntimeConfig
+
+
+def stream(rt: Runtime, question: str, method: str = "specguard", opts: Options = Options()) -> Iterator[Step]:
+    """Yield the steps of `method` on `question` as they are produced."""
+    if method not in METHODS:
+        raise SpecGuardError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if opts.k < 1 or opts.max_tokens < 1:
+        raise SpecGuardError("--k and --max-tokens must be at least 1")
+    return METHODS[method](rt, rt.prompt_tokens(question), opts)
+
+
+def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> Result:
+    """The answer and the run's statistics: tokens, speed, acceptance, target-call fraction, time split."""
+    text = "".join(s.text for s in steps)
+    n_tokens = sum(len(s.tokens) for s in steps)
+    timings: dict[str, float] = {}
+    for step in steps:
+        for name, seconds in step.timings.items():
+            timings[name] = timings.get(name, 0.0) + seconds
+    judged = [s for s in steps if s.verdict in ("accepted", "rejected")]
+    stats = {"tokens": n_tokens, "steps": len(steps), "wall_s": wall_s,
+             "tokens_per_s": n_tokens / wall_s if wall_s > 0 else 0.0,
+             "acceptance_rate": sum(s.verdict == "accepted" for s in judged) / len(judged) if judged else None,
+             "target_call_fraction": (sum(s.source == "target" for s in steps) / len(steps)) if steps else 0.0,
+             "timings": timings}
+    return Result(question=question, method=method, text=text, answer=extract_answer(text), steps=steps,
+                  stats=stats)
+
+
+def solve(question: str, method: str = "specguard", runtime: Runtime | None = None, **options) -> Result:
+    """Solve `question` with `method` ("specguard", "target", "draft"). Options are `decoders.options.Options`
+    fields (k, temperature, tau, …); without `runtime`, the default pair is loaded (and freed afterwards)."""
+    rt = runtime or Runtime(RuntimeConfig())
+    try:
+        start = time.perf_counter()
+        steps = list(stream(rt, question, method, Options(**options)))
+        return summarize(method, question, steps, time.perf_counter() - start)
+    finally:
+        if runtime is None:
+            rt.close()

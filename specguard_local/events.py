@@ -1,0 +1,38 @@
+"""What every decoder yields and what `solve` returns. The CLI, the benchmark and any server only consume these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Step:
+    """One reasoning step (text up to and including "\\n\\n", or the final stretch)."""
+
+    index: int
+    text: str
+    tokens: list[int]
+    source: str                 # "draft" or "target": the model whose tokens were kept
+    verdict: str                # "accepted" (draft kept), "rejected" (target rewrote it) or "generated" (baselines)
+    stop: str                   # "step" ("\\n\\n"), "eos" (end of generation) or "cap" (token cap or budget)
+    scores: dict[str, float] = field(default_factory=dict)
+    candidates: list[dict] = field(default_factory=list)
+    chosen: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Result:
+    question: str
+    method: str
+    text: str
+    answer: str | None
+    steps: list[Step]
+    stats: dict
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "method": self.method, "answer": self.answer, "text": self.text,
+                "stats": self.stats, "steps": [s.to_dict() for s in self.steps]}

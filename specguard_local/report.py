@@ -1,0 +1,174 @@
+"""Benchmark report: per-method accuracy/latency summary, a Markdown table and an accuracy-latency plot."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+METHOD_ORDER = ("target", "draft", "sd", "specguard", "trispec", "rsd")
+
+# Published reference rows from the SpecGuard paper (Qwen2.5-Math 1.5B draft -> 7B target, A100),
+# shown in the report next to the local results. Left empty on purpose: add one dict per row, copied
+# from the paper's tables with their exact numbers, e.g. {"dataset": ..., "method": ..., "accuracy": ...}.
+PAPER_REFERENCE: tuple[dict, ...] = ()
+
+SUMMARY_COLUMNS = (
+    ("method", "method"),
+    ("n", "n"),
+    ("accuracy", "accuracy"),
+    ("ci", "95% CI"),
+    ("mean_latency_s", "mean latency (s)"),
+    ("median_latency_s", "median latency (s)"),
+    ("tokens_per_s", "tokens/s"),
+    ("speedup_vs_target", "speedup vs target"),
+    ("mean_acceptance_rate", "acceptance rate"),
+    ("mean_target_call_fraction", "target-call fraction"),
+)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n trials."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    p = k / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, center - half_width), min(1.0, center + half_width)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One summary dict per method; a repeated (method, problem_id) keeps its last row."""
+    by_method: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], {})[row["problem_id"]] = row
+    target_rows = by_method.get("target")
+    return [
+        _summarize_method(method, by_method[method], target_rows)
+        for method in sorted(by_method, key=_method_sort_key)
+    ]
+
+
+def _method_sort_key(method: str) -> tuple[int, str]:
+    """Known methods in their canonical order, then any others alphabetically."""
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return rank, method
+
+
+def _summarize_method(method: str, rows_by_id: dict[str, dict], target_rows: dict[str, dict] | None) -> dict:
+    """Accuracy with its Wilson interval, latency, throughput and decoder statistics for one method."""
+    rows = list(rows_by_id.values())
+    n = len(rows)
+    correct = sum(bool(row["correct"]) for row in rows)
+    ci_lo, ci_hi = wilson_interval(correct, n)
+    walls = [float(row["wall_s"]) for row in rows]
+    total_wall = sum(walls)
+    return {
+        "method": method,
+        "n": n,
+        "accuracy": correct / n,
+        "ci_lo": ci_lo,
+        "ci_hi": ci_hi,
+        "mean_latency_s": total_wall / n,
+        "median_latency_s": statistics.median(walls),
+        "tokens_per_s": sum(int(row["tokens"]) for row in rows) / total_wall if total_wall > 0 else None,
+        "speedup_vs_target": _speedup(rows_by_id, target_rows),
+        "mean_acceptance_rate": _mean_present(row.get("acceptance_rate") for row in rows),
+        "mean_target_call_fraction": _mean_present(row.get("target_call_fraction") for row in rows),
+    }
+
+
+def _speedup(rows_by_id: dict[str, dict], target_rows: dict[str, dict] | None) -> float | None:
+    """Target's mean latency over this method's, both taken over the problems both ran."""
+    if not target_rows:
+        return None
+    common_ids = rows_by_id.keys() & target_rows.keys()
+    if not common_ids:
+        return None
+    method_wall = sum(float(rows_by_id[i]["wall_s"]) for i in common_ids)
+    target_wall = sum(float(target_rows[i]["wall_s"]) for i in common_ids)
+    return target_wall / method_wall if method_wall > 0 else None
+
+
+def _mean_present(values) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    present = [float(value) for value in values if value is not None]
+    return statistics.fmean(present) if present else None
+
+
+def write_report(rows: list[dict], out_dir: Path, title: str, meta: dict) -> tuple[Path, Path]:
+    """Write report.md and accuracy_latency.png into out_dir; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    datasets = sorted({str(row.get("dataset")) for row in rows})
+    markdown_path = out_dir / "report.md"
+    markdown_path.write_text(render_markdown(summary, title, meta, datasets), encoding="utf-8")
+    plot_path = out_dir / "accuracy_latency.png"
+    plot_accuracy_latency(summary, title, plot_path)
+    return markdown_path, plot_path
+
+
+def render_markdown(summary: list[dict], title: str, meta: dict, datasets: list[str]) -> str:
+    """The report as Markdown: run metadata, the summary table and any paper reference rows."""
+    lines = [f"# {title}", ""]
+    lines += [f"- **{key}**: {value}" for key, value in meta.items()]
+    lines += [f"- **datasets**: {', '.join(datasets)}", ""]
+    lines += _table([label for _, label in SUMMARY_COLUMNS], [_summary_cells(entry) for entry in summary])
+    if PAPER_REFERENCE:
+        keys = list(dict.fromkeys(key for row in PAPER_REFERENCE for key in row))
+        lines += ["", "## SpecGuard paper reference (Qwen2.5-Math 1.5B -> 7B, A100; not measured here)", ""]
+        lines += _table(keys, [[_format(row.get(key)) for key in keys] for row in PAPER_REFERENCE])
+    return "\n".join(lines) + "\n"
+
+
+def _summary_cells(entry: dict) -> list[str]:
+    """Formatted table cells for one method's summary."""
+    cells = {
+        **{key: _format(value) for key, value in entry.items()},
+        "accuracy": f"{entry['accuracy']:.1%}",
+        "ci": f"[{entry['ci_lo']:.1%}, {entry['ci_hi']:.1%}]",
+    }
+    if entry["speedup_vs_target"] is not None:
+        cells["speedup_vs_target"] = f"{entry['speedup_vs_target']:.2f}x"
+    return [cells[key] for key, _ in SUMMARY_COLUMNS]
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    """Markdown table lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _format(value) -> str:
+    """A table cell: floats to 3 decimals, None as 'n/a'."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def plot_accuracy_latency(summary: list[dict], title: str, path: Path) -> None:
+    """Accuracy (with Wilson CI bars) against mean latency, one labelled point per method."""
+    figure = Figure(figsize=(7, 5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for entry in summary:
+        accuracy = entry["accuracy"]
+        error = [[accuracy - entry["ci_lo"]], [entry["ci_hi"] - accuracy]]
+        axes.errorbar(entry["mean_latency_s"], accuracy, yerr=error, fmt="o", capsize=4)
+        axes.annotate(
+            entry["method"], (entry["mean_latency_s"], accuracy), textcoords="offset points", xytext=(6, 6)
+        )
+    axes.set_xlabel("mean latency per problem (s)")
+    axes.set_ylabel("accuracy (95% Wilson CI)")
+    axes.set_ylim(-0.05, 1.05)
+    axes.margins(x=0.15)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)

@@ -1,0 +1,78 @@
+"""Attention capture (real llama.cpp eval callback) and the O(step × context) rollout grounding."""
+
+import numpy as np
+import pytest
+
+from specguard_local.attention import Capture, PrefixMass, extend_prefix, last_layers, step_grounding
+from specguard_local.decoders.base import Session, sample_steps
+from specguard_local.engine import Context, Sampling
+
+
+def random_attention(rng, n, renormalise, threshold=0.01):
+    """A causal, head-averaged-like attention matrix, sparsified (and renormalised) like the capture does."""
+    scores = rng.normal(size=(n, n)) * 2
+    scores[np.triu_indices(n, 1)] = -np.inf
+    attn = np.exp(scores - scores.max(axis=1, keepdims=True))
+    attn /= attn.sum(axis=1, keepdims=True)
+    attn[attn < threshold] = 0
+    return attn / attn.sum(axis=1, keepdims=True) if renormalise else attn
+
+
+@pytest.mark.parametrize("renormalise", [True, False])
+@pytest.mark.parametrize("n_prompt,step_sizes", [(5, [3]), (12, [4, 1, 6]), (1, [2, 2]), (60, [30, 5])])
+def test_grounding_matches_dense_rollout(n_prompt, step_sizes, renormalise):
+    rng = np.random.default_rng(n_prompt)
+    n = n_prompt + sum(step_sizes)
+    a1, a2, a3 = (random_attention(rng, n, renormalise) for _ in range(3))
+    rollout = a3 @ a2 @ a1
+    mass = extend_prefix(PrefixMass.empty(), a1[:n_prompt], a2[:n_prompt])
+    start = n_prompt
+    for size in step_sizes:
+        rows = [a[start:start + size] for a in (a1, a2, a3)]
+        grounding = step_grounding(mass, *rows)
+        np.testing.assert_allclose(grounding, rollout[start:start + size, :start].sum(axis=1), atol=1e-12)
+        mass = extend_prefix(mass, rows[0], rows[1])  # the step is accepted: it joins I
+        start += size
+
+
+def test_capture_shapes_and_positions(tiny_model):
+    layers = last_layers(tiny_model.n_layer)
+    capture = Capture(layers, hidden=True, threshold=0.0)
+    ctx = Context(tiny_model, n_seq=1, n_ctx_seq=256, hook=capture)
+    tokens = tiny_model.tokenize("the cat sat on the mat")
+    ctx.prefill(tokens, 0)
+    for layer in layers:
+        rows = capture.rows(layer)
+        assert rows.shape[0] == len(tokens) and rows.shape[1] >= len(tokens)
+        np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-5)  # threshold 0: softmax rows
+        for pos, row in enumerate(rows):  # causal: cell == position, nothing after the token itself
+            assert row[pos] > 0 and not row[pos + 1:].any()
+    assert capture.rows("hidden").shape == (1, tiny_model.n_embd)  # only the output token's hidden state
+    ctx.close()
+
+
+def test_candidate_rows_match_a_fresh_evaluation(tiny_model):
+    """After forks, rollbacks and batched drafting, each candidate's rows are those of its own token sequence."""
+    layers = last_layers(tiny_model.n_layer)
+    capture = Capture(layers, threshold=0.0)
+    ctx = Context(tiny_model, n_seq=3, n_ctx_seq=256, hook=capture)
+    session = Session(ctx)
+    session.sync(tiny_model.tokenize("once upon a time there"))
+    rng = np.random.default_rng(0)
+    first = sample_steps(session, 3, Sampling(temperature=1.0), rng, 6, capture)
+    session.adopt(first[1])  # sequence 1 holds the accepted step; the others must be rebuilt from it
+    cands = sample_steps(session, 3, Sampling(temperature=1.0), rng, 5, capture)
+    session.sync(session.tokens + [65, 66])  # a rollback of the candidates plus a prefill, as after a target step
+    cands += sample_steps(session, 3, Sampling(temperature=1.0), rng, 4, capture)
+    fresh_capture = Capture(layers, threshold=0.0)
+    fresh = Context(tiny_model, n_seq=1, n_ctx_seq=256, hook=fresh_capture)
+    for cand in cands:
+        prefix = session.tokens if cand in cands[3:] else session.tokens[:-2]
+        fresh.clear()
+        fresh.prefill(prefix + cand.tokens, 0)
+        for layer in layers:
+            expected = fresh_capture.rows(layer)[len(prefix):]
+            got = cand.attention(layer)
+            width = min(expected.shape[1], got.shape[1])
+            np.testing.assert_allclose(got[:, :width], expected[:, :width], atol=1e-3)
+    ctx.close(), fresh.close()

@@ -1,0 +1,91 @@
+"""Benchmark summary statistics and report files."""
+
+import pytest
+
+from specguard_local import report
+from specguard_local.report import summarize, wilson_interval, write_report
+
+
+def make_row(method, problem_id, correct, wall_s, tokens=100, acceptance_rate=None, target_call_fraction=None):
+    return {
+        "method": method,
+        "problem_id": problem_id,
+        "dataset": "gsm8k",
+        "correct": correct,
+        "answer": "1",
+        "gold": "1",
+        "wall_s": wall_s,
+        "tokens": tokens,
+        "acceptance_rate": acceptance_rate,
+        "target_call_fraction": target_call_fraction,
+    }
+
+
+ROWS = [
+    make_row("target", "p0", True, 4.0),
+    make_row("target", "p1", True, 6.0),
+    make_row("specguard", "p0", True, 2.0, acceptance_rate=0.8, target_call_fraction=0.25),
+    make_row("specguard", "p1", False, 3.0, acceptance_rate=0.6, target_call_fraction=None),
+    make_row("specguard", "p2", True, 100.0, acceptance_rate=None, target_call_fraction=0.75),
+    make_row("draft", "p0", False, 1.0, tokens=50),
+]
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+
+
+def test_wilson_interval_rejects_empty_sample():
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+
+
+def test_summarize():
+    summary = {entry["method"]: entry for entry in summarize(ROWS)}
+    assert [entry["method"] for entry in summarize(ROWS)] == ["target", "draft", "specguard"]
+
+    specguard = summary["specguard"]
+    assert specguard["n"] == 3
+    assert specguard["accuracy"] == pytest.approx(2 / 3)
+    assert (specguard["ci_lo"], specguard["ci_hi"]) == wilson_interval(2, 3)
+    assert specguard["mean_latency_s"] == pytest.approx(35.0)
+    assert specguard["median_latency_s"] == pytest.approx(3.0)
+    assert specguard["tokens_per_s"] == pytest.approx(300 / 105)
+    # Over p0 and p1 only: target 10 s, specguard 5 s.
+    assert specguard["speedup_vs_target"] == pytest.approx(2.0)
+    assert specguard["mean_acceptance_rate"] == pytest.approx(0.7)
+    assert specguard["mean_target_call_fraction"] == pytest.approx(0.5)
+
+    assert summary["target"]["speedup_vs_target"] == pytest.approx(1.0)
+    assert summary["draft"]["speedup_vs_target"] == pytest.approx(4.0)
+    assert summary["draft"]["mean_acceptance_rate"] is None
+
+
+def test_summarize_without_target_and_with_repeats():
+    rows = [make_row("sd", "p0", False, 9.0), make_row("sd", "p0", True, 1.0)]
+    (entry,) = summarize(rows)
+    assert entry["n"] == 1 and entry["accuracy"] == 1.0
+    assert entry["speedup_vs_target"] is None
+
+
+def test_write_report(tmp_path):
+    meta = {"command": "specguard-local bench --limit 3", "machine": "test box", "date": "2025-01-01"}
+    markdown_path, plot_path = write_report(ROWS, tmp_path / "out", "GSM8K smoke", meta)
+    assert markdown_path == tmp_path / "out" / "report.md"
+    assert plot_path == tmp_path / "out" / "accuracy_latency.png"
+    assert plot_path.read_bytes().startswith(b"\x89PNG")
+    markdown = markdown_path.read_text(encoding="utf-8")
+    assert markdown.startswith("# GSM8K smoke\n")
+    for text in ("target", "draft", "specguard", "specguard-local bench --limit 3", "test box", "2.00x", "gsm8k"):
+        assert text in markdown
+    assert "paper reference" not in markdown
+
+
+def test_paper_reference_rows_are_rendered(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "PAPER_REFERENCE", ({"dataset": "gsm8k", "method": "specguard", "accuracy": 0.5},))
+    markdown_path, _ = write_report(ROWS, tmp_path, "with reference", {})
+    markdown = markdown_path.read_text(encoding="utf-8")
+    assert "paper reference" in markdown
+    assert "| gsm8k | specguard | 0.500 |" in markdown
