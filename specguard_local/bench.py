@@ -116,8 +116,17 @@ def check_same_setup(meta_path: Path, meta: dict) -> None:
     stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     for key in RESUME_KEYS:
         if key in stored and stored[key] != meta.get(key):
-            raise SpecGuardError(f"{meta_path.parent} holds a run with other {key} ({stored[key]} vs now "
-                                 f"{meta.get(key)}); resume it with the same settings or use another --out")
+            raise SpecGuardError(f"{meta_path.parent} holds a run with other {key} "
+                                 f"({differences(stored[key], meta.get(key))}); resume it with the same settings "
+                                 f"or use another --out")
+
+
+def differences(old, new) -> str:
+    """'field: old vs now new' for each field that changed (or the two whole values when not dicts)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{old} vs now {new}"
+    changed = [key for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
+    return ", ".join(f"{key}: {old.get(key)} vs now {new.get(key)}" for key in changed)
 
 
 def warm_up(rt: Runtime, methods: list[str], opts: Options) -> None:

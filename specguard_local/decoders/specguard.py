@@ -56,7 +56,7 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             with clock(timings, "target_prefill"):
                 target.sync(tokens)
             with clock(timings, "target"):
-                target_cands = sample_steps(target, opts.k, opts.sampling, rng, budget)
+                target_cands = sample_steps(target, opts.k, opts.sampling, rng, budget, target.ctx.hook)
                 step = target_cands[select(np.stack([c.embedding for c in target_cands])) if opts.k > 1 else 0]
                 target.adopt(step)
             with clock(timings, "draft_sync"):
