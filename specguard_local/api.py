@@ -31,17 +31,26 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
         for name, seconds in step.timings.items():
             timings[name] = timings.get(name, 0.0) + seconds
     judged = [s for s in steps if s.verdict in ("accepted", "rejected")]
+    drafted = sum(s.scores.get("drafted", 0) for s in steps)  # token-level SD: acceptance of drafted tokens
     stats = {"tokens": n_tokens, "steps": len(steps), "wall_s": wall_s,
              "tokens_per_s": n_tokens / wall_s if wall_s > 0 else 0.0,
-             "acceptance_rate": sum(s.verdict == "accepted" for s in judged) / len(judged) if judged else None,
-             "target_call_fraction": (sum(s.source == "target" for s in steps) / len(steps)) if steps else 0.0,
+             "acceptance_rate": (sum(s.verdict == "accepted" for s in judged) / len(judged) if judged else
+                                 sum(s.scores.get("accepted", 0) for s in steps) / drafted if drafted else None),
+             "target_call_fraction": target_call_fraction(steps, n_tokens),
              "timings": timings}
     return Result(question=question, method=method, text=text, answer=extract_answer(text), steps=steps,
                   stats=stats)
 
 
+def target_call_fraction(steps: list[Step], n_tokens: int) -> float:
+    """Share of steps the target wrote; for trispec, share of tokens whose emission needed the target."""
+    if any("target_tokens" in s.scores for s in steps):
+        return sum(s.scores["target_tokens"] for s in steps) / max(n_tokens, 1)
+    return sum(s.source == "target" for s in steps) / len(steps) if steps else 0.0
+
+
 def solve(question: str, method: str = "specguard", runtime: Runtime | None = None, **options) -> Result:
-    """Solve `question` with `method` ("specguard", "target", "draft"). Options are `decoders.options.Options`
+    """Solve `question` with `method` (a name in `decoders.METHODS`). Options are `decoders.options.Options`
     fields (k, temperature, tau, …); without `runtime`, the default pair is loaded (and freed afterwards)."""
     rt = runtime or Runtime(RuntimeConfig())
     try:

@@ -73,8 +73,11 @@ def main():
 
 @main.command(epilog=EPILOG)
 @click.argument("question")
-@click.option("--method", type=click.Choice(["specguard", "target", "draft"]), default="specguard",
-              show_default=True, help="specguard: draft + verification + target fallback; target / draft: one model.")
+@click.option("--method", type=click.Choice(["specguard", "target", "draft", "sd", "trispec", "rsd"]),
+              default="specguard", show_default=True,
+              help="specguard: draft + verification + target fallback; target / draft: one model; sd: token-level "
+                   "speculative decoding (cost-aware); trispec: lookup drafter + proxy verifier + target; rsd: a "
+                   "judge (the target's likelihood) keeps or rewrites each draft step.")
 @model_options
 @click.option("--max-tokens", default=1024, show_default=True, help="Token budget for the whole answer.")
 @click.option("--max-step-tokens", default=256, show_default=True, help="Per-step cap when no blank line comes.")
@@ -90,6 +93,12 @@ def main():
 @click.option("--no-grounding", is_flag=True, help="Ablation: decide on the log-prob score alone.")
 @click.option("--no-logprob", is_flag=True, help="Ablation: decide on the attention grounding score alone.")
 @click.option("--layers", default=3, show_default=True, help="Attention rollout depth (last N layers, N >= 3).")
+@click.option("--draft-max", default=4, show_default=True, help="sd / trispec: longest draft per round (sd adapts "
+                                                                 "it to what pays off, down to 0).")
+@click.option("--lam", default=0.5, show_default=True, help="trispec: trust the proxy where its top-1 − top-2 "
+                                                           "probability is at least this.")
+@click.option("--delta", default=0.7, show_default=True, help="rsd: keep a draft step whose judge score is at least "
+                                                             "this.")
 @click.option("--profile", type=click.Path(dir_okay=False, exists=True),
               help="Calibration profile (from `specguard-local calibrate`) [default: shipped one for the default pair].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, steps with scores, stats).")
@@ -97,7 +106,8 @@ def main():
               help="Append one JSON line per step (all candidates, raw and normalised scores, decision, timings).")
 @friendly_errors
 def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_layers, max_tokens, max_step_tokens, k,
-          temperature, top_p, seed, beta, tau, no_grounding, no_logprob, layers, profile, as_json, trace):
+          temperature, top_p, seed, beta, tau, no_grounding, no_logprob, layers, draft_max, lam, delta, profile, as_json,
+          trace):
     """Solve QUESTION step by step and print the final \\boxed{} answer with statistics."""
     from .api import stream, summarize
     from .decoders.options import Options
@@ -106,7 +116,7 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
         raise SpecGuardError("--layers must be at least 3 (rollout over the last three layers)")
     opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
                    seed=seed, beta=beta, tau=tau, use_logprob=not no_logprob, use_grounding=not no_grounding,
-                   layers=layers, profile=profile)
+                   layers=layers, draft_max=draft_max, lam=lam, delta=delta, profile=profile)
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         steps, start = [], time.perf_counter()
         trace_file = open(trace, "a") if trace else None
@@ -130,13 +140,16 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
         click.echo(stats_line(result.stats), err=True)
 
 
+SCORE_LABELS = {"r": "r", "logprob_norm": "l̃", "grounding_norm": "g̃", "judge": "judge"}
+
+
 def print_step(step) -> None:
     if step.verdict == "generated":
         mark = click.style(f"[{step.index + 1} {step.source}]", fg="blue")
     else:
-        s = step.scores
         kept = "draft ✓" if step.verdict == "accepted" else "target ↻"
-        detail = f"r={s['r']:.2f} l̃={s['logprob_norm']:.2f} g̃={s['grounding_norm']:.2f}"
+        detail = " ".join(f"{label}={step.scores[key]:.2f}" for key, label in SCORE_LABELS.items()
+                          if key in step.scores)
         mark = click.style(f"[{step.index + 1} {kept} {detail}]", fg="green" if step.verdict == "accepted" else "yellow")
     click.echo(f"{mark} {step.text.strip()}")
 

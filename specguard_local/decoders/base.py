@@ -118,3 +118,26 @@ def _collect(capture: Capture, live: list[Candidate]) -> None:
     if HIDDEN in capture.parts:
         for cand, row in zip(live, capture.rows(HIDDEN)):
             cand.hidden_sum = row.astype(np.float64) if cand.hidden_sum is None else cand.hidden_sum + row
+
+
+@dataclass
+class StepCutter:
+    """Cuts the token stream of a token-level decoder (sd, trispec) into steps, at the same boundaries as
+    `sample_steps`: "\\n\\n" or an end-of-generation token."""
+
+    model: object
+    tokens: list[int] = field(default_factory=list)
+    data: bytes = b""
+
+    def push(self, token: int) -> str:
+        """Add one token; return the stop reason if it ends a step, else ""."""
+        self.tokens.append(token)
+        self.data += self.model.piece(token)
+        if self.model.is_eog(token):
+            return "eos"
+        return "step" if STEP_BOUNDARY in self.data.lstrip() else ""
+
+    def take(self) -> tuple[list[int], str]:
+        """The current step's tokens and text; starts a new step."""
+        tokens, self.tokens, self.data = self.tokens, [], b""
+        return tokens, self.model.detokenize(tokens)

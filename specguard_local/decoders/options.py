@@ -20,6 +20,9 @@ class Options:
     use_logprob: bool = True
     use_grounding: bool = True
     layers: int = 3                 # attention rollout depth (last N layers)
+    lam: float = 0.5                # trispec: trust the proxy where its top-1 − top-2 probability is >= lam
+    delta: float = 0.7              # rsd: keep a draft step whose judge score is >= delta
+    draft_max: int = 4              # sd: longest draft per round (the cost model may choose fewer, or none)
     profile: str | None = None      # calibration profile path; None: the shipped default
 
     @property
