@@ -36,8 +36,7 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
     session = rt.session("draft", n_seq=k, layers=3 if guarded else 0, hidden=guarded and k > 1)
     session.sync(prompt)
     capture = session.ctx.hook
-    mass = extend_prefix(PrefixMass.empty(), capture.rows(capture.layers[0]),
-                         capture.rows(capture.layers[1])) if guarded else None
+    mass = extend_prefix(PrefixMass.empty(), *map(capture.rows, capture.layers[:-1])) if guarded else None
     start = time.perf_counter()
     cands = sample_steps(session, k, opts.sampling, np.random.default_rng(seed), tokens, capture)
     drafted = time.perf_counter() - start
@@ -48,7 +47,7 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
             select(np.stack([c.embedding for c in cands]))
         profile = load_profile(opts, rt.config.draft, rt.config.target)
         for cand in cands:
-            score_step(cand, mass, tuple(capture.layers[-3:]), profile, opts)
+            score_step(cand, mass, capture.layers, profile, opts)
         scoring = time.perf_counter() - start
     return drafted, scoring, max(len(c.tokens) for c in cands)
 

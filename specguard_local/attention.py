@@ -12,7 +12,8 @@ G(t) = Σ_{j∈I} R[t, j], I = prompt + accepted steps. Attention is causal and 
     w(a) = Σ_b A2[a, b] · v(b)   (for a in I: fixed once a is accepted)
     G(t) = Σ_a A3[t, a] · w(a)
 needs only the rows of the step's own tokens plus two cached scalars per accepted token: O(step × context) time,
-O(context) memory, no n×n product. `tests/test_attention.py` checks it against the dense R.
+O(context) memory, no n×n product. The same recursion runs over any number of layers (`--layers`, one cached
+scalar per layer but the last). `tests/test_attention.py` checks it against the dense R.
 """
 
 from __future__ import annotations
@@ -95,25 +96,24 @@ class Capture:
 
 
 def last_layers(n_layer: int, n: int = 3) -> list[int]:
-    """The paper's choice: rollout over the last three layers."""
+    """The last `n` layers (the paper: rollout over the last three)."""
     return list(range(n_layer - n, n_layer))
 
 
 @dataclass(frozen=True)
 class PrefixMass:
-    """Per accepted token b: v(b) (A1 row sum) and w(b) = Σ A2[b, ·]·v (the scalars grounding needs from I).
-    With renormalised rows both are 1 up to rounding; they are still computed from the rows, so the maths holds
-    for any row normalisation."""
+    """Per accepted token b, one scalar per rollout level: levels[0](b) = Σ A1[b, ·] and
+    levels[l](b) = Σ A_{l+1}[b, ·]·levels[l-1] — for three layers, v and w above. With renormalised rows they are
+    1 up to rounding; they are still computed from the rows, so the maths holds for any row normalisation."""
 
-    v: np.ndarray
-    w: np.ndarray
+    levels: tuple[np.ndarray, ...]
 
     @staticmethod
-    def empty() -> "PrefixMass":
-        return PrefixMass(np.zeros(0), np.zeros(0))
+    def empty(n_layers: int = 3) -> "PrefixMass":
+        return PrefixMass(tuple(np.zeros(0) for _ in range(n_layers - 1)))
 
     def __len__(self) -> int:
-        return len(self.v)
+        return len(self.levels[0])
 
 
 def _fit(rows: np.ndarray, width: int) -> np.ndarray:
@@ -121,17 +121,21 @@ def _fit(rows: np.ndarray, width: int) -> np.ndarray:
     return rows[:, :width] if rows.shape[1] >= width else np.pad(rows, ((0, 0), (0, width - rows.shape[1])))
 
 
-def extend_prefix(mass: PrefixMass, a1: np.ndarray, a2: np.ndarray) -> PrefixMass:
-    """Add newly accepted tokens (their A1, A2 rows, positions len(mass)..) to I."""
-    end = len(mass) + len(a1)
-    v = np.concatenate([mass.v, _fit(a1, end).sum(axis=1)])
-    w = np.concatenate([mass.w, _fit(a2, end) @ v])
-    return PrefixMass(v, w)
+def extend_prefix(mass: PrefixMass, *rows: np.ndarray) -> PrefixMass:
+    """Add newly accepted tokens to I, given their rows of every rollout layer but the last (A1, …, A_{L-1})."""
+    end = len(mass) + len(rows[0])
+    level = np.concatenate([mass.levels[0], _fit(rows[0], end).sum(axis=1)])
+    levels = [level]
+    for old, layer_rows in zip(mass.levels[1:], rows[1:]):
+        level = np.concatenate([old, _fit(layer_rows, end) @ level])
+        levels.append(level)
+    return PrefixMass(tuple(levels))
 
 
-def step_grounding(mass: PrefixMass, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray) -> np.ndarray:
-    """G(t) for every token of a step that directly follows I (rows of layers L-2, L-1, L)."""
-    n, end = len(mass), len(mass) + len(a1)
-    v_step = _fit(a1, n).sum(axis=1)  # mass each step token puts on I itself
-    w_step = _fit(a2, end) @ np.concatenate([mass.v, v_step])
-    return _fit(a3, end) @ np.concatenate([mass.w, w_step])
+def step_grounding(mass: PrefixMass, *rows: np.ndarray) -> np.ndarray:
+    """G(t) for every token of a step that directly follows I, given the step's rows of A1, …, A_L."""
+    n, end = len(mass), len(mass) + len(rows[0])
+    level = _fit(rows[0], n).sum(axis=1)  # mass each step token puts on I itself
+    for prefix_level, layer_rows in zip(mass.levels, rows[1:]):
+        level = _fit(layer_rows, end) @ np.concatenate([prefix_level, level])
+    return level

@@ -92,7 +92,9 @@ def main():
 @click.option("--tau", type=float, default=None, help="Accept a draft step iff r >= tau [default: profile, 0.7].")
 @click.option("--no-grounding", is_flag=True, help="Ablation: decide on the log-prob score alone.")
 @click.option("--no-logprob", is_flag=True, help="Ablation: decide on the attention grounding score alone.")
-@click.option("--layers", default=3, show_default=True, help="Attention rollout depth (last N layers, N >= 3).")
+@click.option("--layers", default=3, show_default=True,
+              help="Attention rollout depth: the last N layers (N >= 3). The shipped profile is calibrated for 3; "
+                   "calibrate again (`calibrate --layers N`) before comparing other depths.")
 @click.option("--draft-max", default=4, show_default=True, help="sd / trispec: longest draft per round (sd adapts "
                                                                  "it to what pays off, down to 0).")
 @click.option("--lam", default=0.5, show_default=True, help="trispec: trust the proxy where its top-1 − top-2 "
@@ -211,17 +213,18 @@ def models_path(spec, models_dir):
 @click.option("--max-tokens", default=512, show_default=True)
 @click.option("--low", default=5.0, show_default=True, help="Percentile used as each score's lower bound.")
 @click.option("--high", default=95.0, show_default=True, help="Percentile used as each score's upper bound.")
+@click.option("--layers", default=3, show_default=True, help="Attention rollout depth the profile is for.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Profile JSON to write.")
 @model_options
 @friendly_errors
-def calibrate(dataset, offset, limit, max_tokens, low, high, out, draft, target, models_dir, n_ctx, threads,
+def calibrate(dataset, offset, limit, max_tokens, low, high, layers, out, draft, target, models_dir, n_ctx, threads,
               n_gpu_layers):
     """Compute the normalisation bounds of the two SpecGuard scores for a model pair from greedy draft steps on a
     dev slice, and write them as a profile for `solve --profile`."""
     from .calibration import calibrate as run_calibration
 
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
-        profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, draft, target)
+        profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, layers, draft, target)
     profile.save(out)
     click.echo(f"wrote {out}: log-prob [{profile.logprob_lo:.3f}, {profile.logprob_hi:.3f}], "
                f"grounding [{profile.grounding_lo:.4f}, {profile.grounding_hi:.4f}]")

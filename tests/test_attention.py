@@ -18,20 +18,21 @@ def random_attention(rng, n, renormalise, threshold=0.01):
     return attn / attn.sum(axis=1, keepdims=True) if renormalise else attn
 
 
+@pytest.mark.parametrize("n_layers", [3, 4])
 @pytest.mark.parametrize("renormalise", [True, False])
 @pytest.mark.parametrize("n_prompt,step_sizes", [(5, [3]), (12, [4, 1, 6]), (1, [2, 2]), (60, [30, 5])])
-def test_grounding_matches_dense_rollout(n_prompt, step_sizes, renormalise):
+def test_grounding_matches_dense_rollout(n_prompt, step_sizes, renormalise, n_layers):
     rng = np.random.default_rng(n_prompt)
     n = n_prompt + sum(step_sizes)
-    a1, a2, a3 = (random_attention(rng, n, renormalise) for _ in range(3))
-    rollout = a3 @ a2 @ a1
-    mass = extend_prefix(PrefixMass.empty(), a1[:n_prompt], a2[:n_prompt])
+    attention = [random_attention(rng, n, renormalise) for _ in range(n_layers)]  # first layer first
+    rollout = np.linalg.multi_dot(attention[::-1])  # R = A_L ··· A_1
+    mass = extend_prefix(PrefixMass.empty(n_layers), *(a[:n_prompt] for a in attention[:-1]))
     start = n_prompt
     for size in step_sizes:
-        rows = [a[start:start + size] for a in (a1, a2, a3)]
+        rows = [a[start:start + size] for a in attention]
         grounding = step_grounding(mass, *rows)
         np.testing.assert_allclose(grounding, rollout[start:start + size, :start].sum(axis=1), atol=1e-12)
-        mass = extend_prefix(mass, rows[0], rows[1])  # the step is accepted: it joins I
+        mass = extend_prefix(mass, *rows[:-1])  # the step is accepted: it joins I
         start += size
 
 

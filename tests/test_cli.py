@@ -85,3 +85,24 @@ def test_models_list_and_path():
     path = cli("models", "path", "qwen2.5-coder-0.5b")
     assert path.returncode == 0 and path.stdout.strip().endswith(".gguf")
     assert_clean_error(cli("models", "path", "no-such-model"), "no-such-model")
+
+
+def test_calibrate_writes_a_profile_solve_accepts(tmp_path):
+    from specguard_local.signals import Profile
+
+    out = tmp_path / "profile.json"
+    done = cli("calibrate", "--limit", "2", "--max-tokens", "96", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    profile = Profile.load(out)
+    assert profile.logprob_lo < profile.logprob_hi and profile.grounding_lo < profile.grounding_hi
+    assert (profile.draft, profile.target) == ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+    solved = cli("solve", "--profile", str(out), "--max-tokens", "32", "--json", "What is 2 + 2?")
+    assert solved.returncode == 0, solved.stderr
+
+
+def test_profile_for_another_pair_is_refused(tmp_path):
+    from specguard_local.signals import Profile
+
+    out = tmp_path / "other.json"
+    Profile(logprob_lo=-2, logprob_hi=0, grounding_lo=0.9, grounding_hi=1.0, draft="x", target="y").save(out)
+    assert_clean_error(cli("solve", "--profile", str(out), "hi"), "calibration profile")

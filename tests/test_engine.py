@@ -101,3 +101,18 @@ def test_context_overflow_is_a_clear_error(tiny_model):
     with pytest.raises(SpecGuardError, match="do not fit"):
         ctx.prefill([65] * 300, 0)
     ctx.close()
+
+
+def test_sample_steps_stops_early_once_every_candidate_is_hopeless(tiny_model):
+    from specguard_local.decoders.base import Session, sample_steps
+
+    ctx = Context(tiny_model, n_seq=3, n_ctx_seq=256)
+    session = Session(ctx)
+    session.sync(tiny_model.tokenize("the cat"))
+    rng = np.random.default_rng(0)
+    cands = sample_steps(session, 3, Sampling(temperature=1.0), rng, 50, hopeless=lambda c: len(c.tokens) >= 4)
+    assert all(len(c.tokens) <= 4 for c in cands)
+    assert any(c.stop == "early" for c in cands) or all(c.stop for c in cands)
+    hopeful = sample_steps(session, 3, Sampling(temperature=1.0), rng, 12, hopeless=lambda c: c.seq != 0)
+    assert all(c.stop != "early" for c in hopeful)  # one candidate can still pass: nobody is cut short
+    ctx.close()

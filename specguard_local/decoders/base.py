@@ -9,6 +9,7 @@ are captured with it, and the logits after an accepted step are exactly what the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class Candidate:
     next_logits: np.ndarray | None = None
     rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # layer -> attention row of each token
     hidden_sum: np.ndarray | None = None
+    hopeless: bool = False
 
     @property
     def embedding(self) -> np.ndarray:
@@ -78,11 +80,14 @@ def _stop_reason(cand: Candidate, token: int, is_eog: bool, max_tokens: int) -> 
 
 
 def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Generator, max_tokens: int,
-                 capture: Capture | None = None) -> list[Candidate]:
+                 capture: Capture | None = None,
+                 hopeless: Callable[[Candidate], bool] | None = None) -> list[Candidate]:
     """Sample k candidate steps after `session.tokens`, one batched llama_decode per token for all live candidates.
 
     A candidate stops at "\\n\\n", an end-of-generation token, or after `max_tokens` tokens. With `capture`, each
-    candidate also collects its tokens' attention rows and final hidden states.
+    candidate also collects its tokens' attention rows and final hidden states. `hopeless(cand)` says a candidate
+    (even unfinished) can no longer be accepted; once every candidate is hopeless, drafting stops early and the
+    live ones end with stop = "early".
     """
     ctx, model, n_past = session.ctx, session.ctx.model, len(session.tokens)
     ctx.check_room(n_past + 1)
@@ -106,7 +111,12 @@ def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Ge
         for cand, cand_logits, token in zip(live, logits, step_tokens):
             cand.next_logits = cand_logits
             cand.stop = _stop_reason(cand, token, model.is_eog(token), max_tokens)
+            cand.hopeless = hopeless is not None and hopeless(cand)
         live = [c for c in live if not c.stop]
+        if live and all(c.hopeless for c in cands):
+            for cand in live:
+                cand.stop = "early"
+            break
     return cands
 
 

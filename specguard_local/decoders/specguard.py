@@ -11,6 +11,10 @@ Per step, with I = prompt + accepted steps:
 Choices where the paper is silent: the attention and the hidden states are the *draft's* (the target never runs
 on accepted steps, which is where the speed comes from); normalisation bounds are per-pair percentiles
 (`signals.Profile`); a step's last token ("\\n\\n" or end-of-generation) is scored like any other.
+
+Early rejection: both scores are minima over tokens, and a token's grounding depends only on the tokens before it,
+so r can only fall as a step grows. Scoring the partial candidates after every token and stopping the draft as soon
+as every candidate's r < τ therefore changes no decision; it only saves drafting a step the target will rewrite.
 """
 
 from __future__ import annotations
@@ -35,23 +39,24 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     draft = rt.session("draft", n_seq=opts.k, layers=opts.layers, hidden=opts.k > 1)
     target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1)
     capture, rng = draft.ctx.hook, np.random.default_rng(opts.seed)
-    a1, a2, a3 = capture.layers[-3:]
+    layers = capture.layers  # the rollout's layers, first to last
     timings: dict[str, float] = {}
     with clock(timings, "draft_prefill"):
         draft.sync(prompt)
-        mass = extend_prefix(PrefixMass.empty(), capture.rows(a1), capture.rows(a2))
+        mass = extend_prefix(PrefixMass.empty(len(layers)), *map(capture.rows, layers[:-1]))
     tokens, index = list(prompt), 0
     while True:
         budget = min(opts.max_step_tokens, opts.max_tokens - (len(tokens) - len(prompt)))
         with clock(timings, "draft"):
-            cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, capture)
+            cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, capture,
+                                 hopeless=lambda c: score_step(c, mass, layers, profile, opts)["r"] < profile.tau)
         with clock(timings, "score"):
             chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
-            scores = [score_step(c, mass, (a1, a2, a3), profile, opts) for c in cands]
+            scores = [score_step(c, mass, layers, profile, opts) for c in cands]
         if scores[chosen]["r"] >= profile.tau:
             step, source, verdict = cands[chosen], "draft", "accepted"
             draft.adopt(step)
-            mass = extend_prefix(mass, step.attention(a1), step.attention(a2))
+            mass = extend_prefix(mass, *map(step.attention, layers[:-1]))
         else:
             with clock(timings, "target_prefill"):
                 target.sync(tokens)
@@ -61,7 +66,7 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                 target.adopt(step)
             with clock(timings, "draft_sync"):
                 draft.sync(tokens + step.tokens)
-                mass = extend_prefix(mass, capture.rows(a1), capture.rows(a2))
+                mass = extend_prefix(mass, *map(capture.rows, layers[:-1]))
             source, verdict = "target", "rejected"
         tokens += step.tokens
         yield Step(index=index, text=draft.ctx.model.detokenize(step.tokens), tokens=step.tokens, source=source,
@@ -73,7 +78,7 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             return
 
 
-def score_step(cand: Candidate, mass: PrefixMass, layers: tuple[int, int, int], profile: Profile,
+def score_step(cand: Candidate, mass: PrefixMass, layers: list[int], profile: Profile,
                opts: Options) -> dict[str, float]:
     """Raw and normalised LPBV / ABGV scores of one candidate step and its decision score r."""
     grounding = step_grounding(mass, *(cand.attention(layer) for layer in layers))
@@ -88,6 +93,8 @@ def load_profile(opts: Options, draft: str, target: str) -> Profile:
     """The calibration profile for this pair, with --beta / --tau overrides. Bounds calibrated on another pair
     would make r meaningless, so a mismatch is an error, not a silent default."""
     profile = Profile.load(opts.profile) if opts.profile else default_profile()
+    if opts.beta is not None and not 0.0 <= opts.beta <= 1.0:
+        raise SpecGuardError("--beta must lie in [0, 1]")
     if (profile.draft, profile.target) != (draft, target):
         raise SpecGuardError(f"the calibration profile is for {profile.draft} → {profile.target}, not {draft} → "
                              f"{target}; run `specguard-local calibrate --draft {draft} --target {target} --out "
