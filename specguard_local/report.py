@@ -11,10 +11,13 @@ from matplotlib.figure import Figure
 
 METHOD_ORDER = ("target", "draft", "sd", "specguard", "trispec", "rsd")
 
-# Published reference rows from the SpecGuard paper (Qwen2.5-Math 1.5B draft -> 7B target, A100),
-# shown in the report next to the local results. Left empty on purpose: add one dict per row, copied
-# from the paper's tables with their exact numbers, e.g. {"dataset": ..., "method": ..., "accuracy": ...}.
-PAPER_REFERENCE: tuple[dict, ...] = ()
+# Published reference from the SpecGuard paper (Qwen2.5-Math 1.5B draft -> 7B target, A100), shown in the
+# report next to the local results. Only the abstract's headline figures were available offline; add the
+# per-benchmark rows from the paper's tables, with their exact numbers, as further dicts.
+PAPER_REFERENCE: tuple[dict, ...] = (
+    {"source": "arXiv 2604.15244, abstract", "compared with": "SD and reward-guided SD (avg. over benchmarks)",
+     "accuracy": "+3.6%", "latency": "about 11% lower"},
+)
 
 SUMMARY_COLUMNS = (
     ("method", "method"),

@@ -24,7 +24,7 @@ def test_target_solves_natalia():
     assert "tok/s" in done.stderr
 
 
-@pytest.mark.parametrize("method", ["draft", "specguard"])
+@pytest.mark.parametrize("method", ["draft", "specguard", "sd", "trispec", "rsd"])
 def test_each_method_runs_with_json_and_trace(method, tmp_path):
     trace = tmp_path / "trace.jsonl"
     done = cli("solve", "--method", method, "--max-tokens", "120", "--json", "--trace", str(trace),

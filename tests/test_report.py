@@ -80,7 +80,7 @@ def test_write_report(tmp_path):
     assert markdown.startswith("# GSM8K smoke\n")
     for text in ("target", "draft", "specguard", "specguard-local bench --limit 3", "test box", "2.00x", "gsm8k"):
         assert text in markdown
-    assert "paper reference" not in markdown
+    assert "paper reference" in markdown and "+3.6%" in markdown  # the shipped, clearly labelled reference
 
 
 def test_paper_reference_rows_are_rendered(tmp_path, monkeypatch):
