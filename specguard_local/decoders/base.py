@@ -66,9 +66,12 @@ class Candidate:
         return self.hidden_sum / max(len(self.tokens), 1)
 
     def attention(self, layer: int) -> np.ndarray:
+        """The step's rows of `layer` as one zero-padded matrix (called after every token by early rejection)."""
         rows = self.rows[layer]
-        width = max(len(r) for r in rows)
-        return np.stack([np.pad(r, (0, width - len(r))) for r in rows])
+        matrix = np.zeros((len(rows), max(len(r) for r in rows)), np.float32)
+        for i, row in enumerate(rows):
+            matrix[i, :len(row)] = row
+        return matrix
 
 
 def _stop_reason(cand: Candidate, token: int, is_eog: bool, max_tokens: int) -> str:
@@ -128,6 +131,11 @@ def _collect(capture: Capture, live: list[Candidate]) -> None:
     if HIDDEN in capture.parts:
         for cand, row in zip(live, capture.rows(HIDDEN)):
             cand.hidden_sum = row.astype(np.float64) if cand.hidden_sum is None else cand.hidden_sum + row
+
+
+def finished(stop: str, n_generated: int, n_context: int, opts, n_ctx_seq: int) -> bool:
+    """A step-level decoder ends at end-of-generation, on its token budget, or when the context is full."""
+    return stop == "eos" or n_generated >= opts.max_tokens or n_context >= n_ctx_seq
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engine import token_logprob
 from ..events import Step
-from .base import sample_steps
+from .base import finished, sample_steps
 from .options import Options
 from .specguard import clock
 
@@ -56,5 +56,5 @@ def rsd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                    verdict=verdict, stop=step.stop, scores={"judge": judge}, timings=timings,
                    candidates=[{"judge_model": JUDGE}])
         index += 1
-        if step.stop == "eos" or len(tokens) - len(prompt) >= opts.max_tokens or len(tokens) >= draft.ctx.n_ctx_seq:
+        if finished(step.stop, len(tokens) - len(prompt), len(tokens), opts, draft.ctx.n_ctx_seq):
             return

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..events import Step
 from ..signals import select
-from .base import sample_steps
+from .base import finished, sample_steps
 from .options import Options
 
 
@@ -33,7 +33,7 @@ def single(rt, role: str, prompt: list[int], opts: Options) -> Iterator[Step]:
                    scores={"logprob_min": min(cand.logprobs), "logprob_mean": float(np.mean(cand.logprobs))},
                    timings={role: time.perf_counter() - start})
         index += 1
-        if cand.stop == "eos" or generated >= opts.max_tokens or len(session.tokens) >= session.ctx.n_ctx_seq:
+        if finished(cand.stop, generated, len(session.tokens), opts, session.ctx.n_ctx_seq):
             return
 
 

@@ -30,7 +30,7 @@ from ..attention import PrefixMass, extend_prefix, step_grounding
 from ..errors import SpecGuardError
 from ..events import Step
 from ..signals import Profile, decision_score, default_profile, select
-from .base import Candidate, sample_steps
+from .base import Candidate, finished, sample_steps
 from .options import Options
 
 
@@ -74,7 +74,7 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                    candidates=[dict(text=draft.ctx.model.detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop,
                                     **s) for c, s in zip(cands, scores)])
         index, timings = index + 1, {}
-        if step.stop == "eos" or len(tokens) - len(prompt) >= opts.max_tokens or len(tokens) >= draft.ctx.n_ctx_seq:
+        if finished(step.stop, len(tokens) - len(prompt), len(tokens), opts, draft.ctx.n_ctx_seq):
             return
 
 
