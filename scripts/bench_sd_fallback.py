@@ -51,8 +51,10 @@ def main():
     target_rate, sd_rate = statistics.median(rates["target"]), statistics.median(rates["sd"])
     accepted = sum(s.scores["accepted"] for s in steps)
     drafted = sum(s.scores["drafted"] for s in steps)
-    print(f"target {target_rate:.0f} tok/s, sd {sd_rate:.0f} tok/s: ratio {sd_rate / target_rate:.3f}; "
-          f"drafted {drafted} tokens, accepted {accepted}; mean draft length {steps[-1].scores['draft_len_mean']:.2f}")
+    ratios = [s / t for s, t in zip(rates["sd"], rates["target"])]
+    print(f"target {target_rate:.0f} tok/s, sd {sd_rate:.0f} tok/s: ratio of medians {sd_rate / target_rate:.3f} "
+          f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}); last sd run: drafted {drafted} tokens, "
+          f"accepted {accepted}, mean draft length {steps[-1].scores['draft_len_mean']:.3f}")
 
 
 if __name__ == "__main__":

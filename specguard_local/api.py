@@ -37,6 +37,9 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
              "acceptance_rate": (sum(s.verdict == "accepted" for s in judged) / len(judged) if judged else
                                  sum(s.scores.get("accepted", 0) for s in steps) / drafted if drafted else None),
              "target_call_fraction": target_call_fraction(steps, n_tokens),
+             # token-level SD: the draft length it chose and the proposals accepted per drafting round
+             "draft_len_mean": steps[-1].scores.get("draft_len_mean") if steps else None,
+             "accepted_len_mean": steps[-1].scores.get("accepted_len_mean") if steps else None,
              "timings": timings}
     return Result(question=question, method=method, text=text, answer=extract_answer(text), steps=steps,
                   stats=stats)

@@ -159,7 +159,11 @@ def print_step(step) -> None:
 def stats_line(stats: dict) -> str:
     parts = [f"{stats['steps']} steps", f"{stats['tokens']} tokens", f"{stats['tokens_per_s']:.1f} tok/s",
              f"{stats['wall_s']:.1f} s"]
-    if stats["acceptance_rate"] is not None:
+    if stats["draft_len_mean"] is not None:
+        parts += [f"drafted tokens accepted {stats['acceptance_rate'] or 0:.0%}",
+                  f"mean draft length {stats['draft_len_mean']:.2f}",
+                  f"accepted per drafting round {stats['accepted_len_mean']:.2f}"]
+    elif stats["acceptance_rate"] is not None:
         parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
                   f"target called on {stats['target_call_fraction']:.0%} of steps"]
     split = ", ".join(f"{name.replace('_', ' ')} {seconds:.2f}s" for name, seconds in stats["timings"].items())
@@ -224,7 +228,8 @@ def calibrate(dataset, offset, limit, max_tokens, low, high, layers, out, draft,
     from .calibration import calibrate as run_calibration
 
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
-        profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, layers, draft, target)
+        profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, layers, rt.ids["draft"],
+                                  rt.ids["target"])
     profile.save(out)
     click.echo(f"wrote {out}: log-prob [{profile.logprob_lo:.3f}, {profile.logprob_hi:.3f}], "
                f"grounding [{profile.grounding_lo:.4f}, {profile.grounding_hi:.4f}]")

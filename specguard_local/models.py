@@ -202,6 +202,15 @@ def _preset_file(preset: Preset, folder: Path) -> Path | None:
     return path
 
 
+def model_id(path: Path) -> str:
+    """What a calibration profile calls a model: the preset name for a preset's file (wherever it lies), else
+    the path."""
+    for preset in PRESETS.values():
+        if path.name == preset.filename and path.stat().st_size == preset.size:
+            return preset.name
+    return str(path)
+
+
 def resolve(spec: str, models_dir: Path | None = None) -> Path:
     """Turn a path, preset name or REPO:FILE into an existing local GGUF path; never downloads."""
     path = Path(spec).expanduser()

@@ -30,6 +30,7 @@ SUMMARY_COLUMNS = (
     ("speedup_vs_target", "speedup vs target"),
     ("mean_acceptance_rate", "acceptance rate"),
     ("mean_target_call_fraction", "target-call fraction"),
+    ("draft_lengths", "draft / accepted length"),
 )
 
 
@@ -82,6 +83,8 @@ def _summarize_method(method: str, rows_by_id: dict[str, dict], target_rows: dic
         "speedup_vs_target": _speedup(rows_by_id, target_rows),
         "mean_acceptance_rate": _mean_present(row.get("acceptance_rate") for row in rows),
         "mean_target_call_fraction": _mean_present(row.get("target_call_fraction") for row in rows),
+        "mean_draft_len": _mean_present(row.get("draft_len_mean") for row in rows),
+        "mean_accepted_len": _mean_present(row.get("accepted_len_mean") for row in rows),
     }
 
 
@@ -138,6 +141,8 @@ def _summary_cells(entry: dict) -> list[str]:
     }
     if entry["speedup_vs_target"] is not None:
         cells["speedup_vs_target"] = f"{entry['speedup_vs_target']:.2f}x"
+    cells["draft_lengths"] = (f"{_format(entry['mean_draft_len'])} / {_format(entry['mean_accepted_len'])}"
+                              if entry["mean_draft_len"] is not None else "n/a")
     return [cells[key] for key, _ in SUMMARY_COLUMNS]
 
 

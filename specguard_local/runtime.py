@@ -31,6 +31,7 @@ class Runtime:
         self.config = config
         self.paths = {role: models.resolve(spec, config.models_dir)
                       for role, spec in (("draft", config.draft), ("target", config.target))}
+        self.ids = {role: models.model_id(path) for role, path in self.paths.items()}
         infos = {role: models.inspect_gguf(path) for role, path in self.paths.items()}
         models.check_pair(infos["draft"], infos["target"])
         self._models: dict[str, Model] = {}

@@ -303,3 +303,14 @@ def test_real_pair():
     assert draft.architecture == target.architecture == "qwen2"
     assert draft.n_vocab == target.n_vocab == 151936
     check_pair(draft, target)
+
+
+@pytest.mark.real
+def test_model_id_names_a_preset_file_wherever_it_lies_so_the_shipped_profile_applies(real_runtime, tmp_path):
+    assert real_runtime.ids == {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b"}
+    moved = tmp_path / "elsewhere" / real_runtime.paths["draft"].name
+    moved.parent.mkdir()
+    moved.symlink_to(real_runtime.paths["draft"])
+    assert models.model_id(moved) == "qwen2.5-coder-0.5b"
+    other = write_gguf(tmp_path / "other.gguf")
+    assert models.model_id(other) == str(other)

@@ -5,7 +5,7 @@ import pytest
 
 from specguard_local import api
 from specguard_local.decoders.options import Options
-from specguard_local.decoders.sd import accept_or_resample
+from specguard_local.decoders.sd import PROBE_EVERY, PROBES_LOST, CostModel, accept_or_resample
 from specguard_local.engine import Context
 from specguard_local.runtime import Runtime, RuntimeConfig
 from tiny_gguf import write_tiny_model
@@ -66,3 +66,31 @@ def test_cost_aware_sd_settles_on_plain_decoding_when_the_draft_always_disagrees
     drafted = sum(s.scores["drafted"] for s in steps)
     assert accepted <= 0.1 * drafted
     assert steps[-1].scores["draft_len_mean"] < 1.0  # mostly n = 0: plain target decoding
+
+
+def simulate_rounds(cost, acceptance, rounds, rng, target_s=1.0, sync_s=0.5, per_token_s=0.3):
+    """Drive the cost model with rounds whose wall times follow its own model: R(n) = t + s + n·c."""
+    for _ in range(rounds):
+        n = cost.choose()
+        accepted = 0
+        while accepted < n and rng.random() < acceptance:
+            accepted += 1
+        round_s = target_s + (sync_s + n * per_token_s if n else 0.0)
+        cost.update(n, accepted, round_s, sync_s if n else 0.0, 1 if n else 0, n * 0.2)
+
+
+def test_cost_model_drafts_long_when_drafting_pays():
+    # t = 1, s = 0.5, c = 0.3, α = 0.9: E(4)/R(4) = 4.1/2.7 tokens per unit time against 1 for plain decoding
+    cost = CostModel(draft_max=4)
+    simulate_rounds(cost, 0.9, 200, np.random.default_rng(0))
+    assert np.mean(cost.chosen[-100:]) > 3
+
+
+def test_cost_model_falls_back_to_plain_decoding_and_stops_probing():
+    # α = 0: every round with a draft costs more and emits one token, like plain decoding
+    cost = CostModel(draft_max=4)
+    simulate_rounds(cost, 0.0, 500, np.random.default_rng(0))
+    drafting_rounds = [i for i, n in enumerate(cost.chosen) if n]
+    assert drafting_rounds == [PROBE_EVERY * (i + 1) - 1 for i in range(PROBES_LOST)]  # one-token probes, then none
+    assert sum(cost.chosen) == PROBES_LOST
+    assert cost.best() == 0

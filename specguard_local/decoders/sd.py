@@ -8,10 +8,19 @@ min(1, p(d)/q(d)), else resample from norm(max(0, p - q)) — so the output dist
 (temperature applies to both models; top-p is not used here, it would break that guarantee).
 
 Cost-aware: on a 2-core CPU llama.cpp's own SD on our pair ran at 0.71× target-only (draft-max 3), so a fixed draft
-length is a loss. We measure online the target's per-token decode time t, the draft's per-token time d, the extra
-time per verified token v, and the per-token acceptance α, and pick n ∈ {0..draft_max} maximising expected tokens
-per second, E(n) / cost(n) with E(n) = (1 - α^(n+1)) / (1 - α) and cost(n) = n·d + t + n·v; n = 0 is plain target
-decoding. A probe round at `draft_max` every `PROBE_EVERY` rounds keeps α fresh after settling on 0.
+length is a loss. We pick n ∈ {0..draft_max} maximising expected tokens per second, E(n) / R(n), from online
+estimates of whole-round wall times (Python included):
+
+    E(n) = (1 - α^(n+1)) / (1 - α)          tokens emitted per round; α = accepted / (accepted + rejections)
+    R(0) = t                                 a plain target round
+    R(n) = t + s + n·c                       s: the draft catching up on the previous round's last token;
+                                             c: one draft decode plus one more verified position
+
+Decoding starts plain (n = 0). Every `PROBE_EVERY` rounds while n = 0 wins (or nothing is known yet), a probe
+drafts one token, the cheapest round that measures s, c and one acceptance trial; after `PROBES_LOST` probes in a
+row leave n = 0 the best, the answer finishes with plain decoding. (A probe's draft must first prefill every token
+since its last round — on the default pair ≈ 0.13 target decodes per token — so probing all along would tax the
+fallback by about that much.)
 """
 
 from __future__ import annotations
@@ -27,49 +36,72 @@ from ..events import Step
 from .base import StepCutter
 from .options import Options
 
-PROBE_EVERY = 24
+PROBE_EVERY = 16
+PROBES_LOST = 2
 EMA = 0.2
 
 
 @dataclass
 class CostModel:
-    """Online estimates behind the draft-length choice."""
+    """Online estimates behind the draft-length choice (the module docstring's E(n) / R(n))."""
 
     draft_max: int
-    target_s: float | None = None     # one plain target decode
-    draft_s: float | None = None      # one draft decode
-    verify_extra_s: float = 0.0       # extra target time per verified proposal
-    acceptance: float = 0.5           # per-token acceptance probability
-    rounds: int = 0
+    round_s: float | None = None      # t: one plain target round
+    sync_s: float | None = None       # s: the draft's catch-up decode of the pending token
+    per_token_s: float | None = None  # c: one drafted and verified token
+    since_probe: int = 0              # rounds since the last probe while n = 0 wins
+    probes_lost: int = 0              # probes in a row after which n = 0 still won
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0                 # rounds whose draft was cut short by a rejection
     chosen: list[int] = field(default_factory=list)
 
-    def choose(self) -> int:
-        self.rounds += 1
-        if self.target_s is None:
-            return 0                   # first measure plain decoding
-        if self.draft_s is None or self.rounds % PROBE_EVERY == 0:
-            return self.draft_max      # then (and now and then) measure drafting
-        best, best_rate = 0, 1.0 / self.target_s
-        for n in range(1, self.draft_max + 1):
-            a = min(self.acceptance, 0.999)
-            expected = (1 - a ** (n + 1)) / (1 - a)
-            rate = expected / (n * self.draft_s + self.target_s + n * self.verify_extra_s)
-            if rate > best_rate:
-                best, best_rate = n, rate
-        return best
+    @property
+    def accepted_len_mean(self) -> float:
+        """Proposals accepted per round that drafted (0 when none did)."""
+        drafting_rounds = sum(n > 0 for n in self.chosen)
+        return self.accepted / drafting_rounds if drafting_rounds else 0.0
 
-    def update(self, n: int, accepted: int, draft_s: float, verify_s: float) -> None:
+    @property
+    def acceptance(self) -> float:
+        """α: accepted proposals over accepted plus rejections (the geometric-trial estimate), prior 1:1."""
+        return (self.accepted + 1) / (self.accepted + self.rejected + 2)
+
+    def best(self) -> int:
+        """The draft length with the highest expected tokens per second under the current estimates."""
+        a = min(self.acceptance, 0.999)
+        rates = [1.0 / self.round_s] + [(1 - a ** (n + 1)) / (1 - a) /
+                                        (self.round_s + self.sync_s + n * self.per_token_s)
+                                        for n in range(1, self.draft_max + 1)]
+        return int(np.argmax(rates))
+
+    def choose(self) -> int:
+        n = self.best() if self.per_token_s is not None else 0
+        if n or self.probes_lost >= PROBES_LOST:
+            return n
+        self.since_probe += 1
+        if self.since_probe < PROBE_EVERY:
+            return 0
+        self.since_probe = 0
+        return 1  # a probe
+
+    def update(self, n: int, accepted: int, round_s: float, sync_s: float, caught_up: int, draft_s: float) -> None:
+        """Fold in one round: draft length, accepted proposals, wall time, and the draft's catch-up (`caught_up`
+        tokens in `sync_s`; only a one-token catch-up is the steady-state s) and its n decodes (`draft_s`)."""
+        was_probe = bool(n) and (self.per_token_s is None or self.best() == 0)
         self.chosen.append(n)
         self.drafted, self.accepted = self.drafted + n, self.accepted + accepted
         if n == 0:
-            self.target_s = _ema(self.target_s, verify_s)
+            self.round_s = _ema(self.round_s, round_s)
             return
-        self.draft_s = _ema(self.draft_s, draft_s / n)
-        self.verify_extra_s = _ema(self.verify_extra_s, max(verify_s - (self.target_s or verify_s), 0.0) / n)
-        # accepted < n means the first rejection came after `accepted` successes: a geometric-trial estimate.
-        self.acceptance = _ema(self.acceptance, accepted / (accepted + (accepted < n)))
+        if caught_up == 1:
+            self.sync_s = _ema(self.sync_s, sync_s)
+        elif self.sync_s is None:
+            self.sync_s = draft_s / n  # until measured: one draft decode
+        self.per_token_s = _ema(self.per_token_s, max(round_s - sync_s - self.round_s, 0.0) / n)
+        self.rejected += accepted < n
+        if was_probe:
+            self.probes_lost = self.probes_lost + 1 if self.best() == 0 else 0
 
 
 def _ema(old: float | None, new: float) -> float:
@@ -106,15 +138,16 @@ def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
         room = min(opts.max_tokens - generated, target.ctx.n_ctx_seq - len(tokens) - 1) - 1
         n = max(min(cost.choose(), room), 0)
         start = time.perf_counter()
-        proposals, draft_logits = [], []
+        proposals, draft_logits, caught_up, synced = [], [], 0, start
         if n:
-            draft.sync(tokens + [pending])
+            caught_up = draft.sync(tokens + [pending])
+            synced = time.perf_counter()
             for _ in range(n):
                 proposals.append(sample(draft.logits, plain, rng))
                 draft_logits.append(draft.logits)
                 draft.logits = draft.ctx.decode(proposals[-1:], [len(draft.tokens)], [draft.seq], [True])[0]
                 draft.tokens.append(proposals[-1])
-        draft_s, start = time.perf_counter() - start, time.perf_counter()
+        drafted = time.perf_counter()
         batch = [pending] + proposals
         logits = target.ctx.decode(batch, list(range(len(tokens), len(tokens) + len(batch))),
                                    [target.seq] * len(batch), [True] * len(batch))
@@ -131,7 +164,7 @@ def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             accepted += 1
         emitted = proposals[:accepted] + [correction if correction is not None else sample(logits[accepted], plain, rng)]
         target.ctx.truncate(target.seq, len(tokens) + 1 + accepted)  # drop rejected proposals from the KV cache
-        cost.update(n, accepted, draft_s, time.perf_counter() - start)
+        cost.update(n, accepted, time.perf_counter() - start, synced - start, caught_up, drafted - synced)
         tokens += [pending] + proposals[:accepted]
         pending = emitted[-1]
         generated += len(emitted)
@@ -142,7 +175,8 @@ def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                 step, text = cutter.take()
                 yield Step(index=index, text=text, tokens=step, source="target", verdict="generated", stop=stop,
                            scores={"drafted": cost.drafted - counted[0], "accepted": cost.accepted - counted[1],
-                                   "draft_len_mean": float(np.mean(cost.chosen)), "draft_len_last": cost.chosen[-1]},
+                                   "draft_len_mean": float(np.mean(cost.chosen)), "draft_len_last": cost.chosen[-1],
+                                   "accepted_len_mean": cost.accepted_len_mean},
                            timings={"sd": time.perf_counter() - step_start})
                 if stop != "step":
                     return

@@ -35,7 +35,7 @@ from .options import Options
 
 
 def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
-    profile = load_profile(opts, rt.config.draft, rt.config.target)
+    profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
     draft = rt.session("draft", n_seq=opts.k, layers=opts.layers, hidden=opts.k > 1)
     target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1)
     capture, rng = draft.ctx.hook, np.random.default_rng(opts.seed)
