@@ -53,7 +53,8 @@ def main():
     drafted = sum(s.scores["drafted"] for s in steps)
     ratios = [s / t for s, t in zip(rates["sd"], rates["target"])]
     print(f"target {target_rate:.0f} tok/s, sd {sd_rate:.0f} tok/s: ratio of medians {sd_rate / target_rate:.3f} "
-          f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}); last sd run: drafted {drafted} tokens, "
+          f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}); last sd run: {sum(len(s.tokens) for s in steps)} "
+          f"tokens (the tiny models stop early: --tokens is a cap), drafted {drafted}, "
           f"accepted {accepted}, mean draft length {steps[-1].scores['draft_len_mean']:.3f}")
 
 
