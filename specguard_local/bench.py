@@ -113,8 +113,11 @@ def machine() -> dict:
 
 
 def check_same_setup(meta_path: Path, meta: dict) -> None:
-    """Refuse to resume a run whose dataset, models or options differ from this one's."""
+    """Refuse to resume a run whose dataset, models or options differ from this one's. An option added to
+    `Options` after the run began counts as its default there."""
     stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    if "options" in stored:
+        stored["options"] = {**json.loads(json.dumps(asdict(Options()))), **stored["options"]}
     for key in RESUME_KEYS:
         if key in stored and stored[key] != meta.get(key):
             raise SpecGuardError(f"{meta_path.parent} holds a run with other {key} "

@@ -97,6 +97,7 @@ def main():
                    "calibrate again (`calibrate --layers N`) before comparing other depths.")
 @click.option("--draft-max", default=4, show_default=True, help="sd / trispec: longest draft per round (sd adapts "
                                                                  "it to what pays off, down to 0).")
+@click.option("--draft-fixed", is_flag=True, help="sd: always draft --draft-max tokens (classic SD, no cost model).")
 @click.option("--lam", default=0.5, show_default=True, help="trispec: trust the proxy where its top-1 − top-2 "
                                                            "probability is at least this.")
 @click.option("--delta", default=0.7, show_default=True, help="rsd: keep a draft step whose judge score is at least "
@@ -108,8 +109,8 @@ def main():
               help="Append one JSON line per step (all candidates, raw and normalised scores, decision, timings).")
 @friendly_errors
 def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_layers, max_tokens, max_step_tokens, k,
-          temperature, top_p, seed, beta, tau, no_grounding, no_logprob, layers, draft_max, lam, delta, profile, as_json,
-          trace):
+          temperature, top_p, seed, beta, tau, no_grounding, no_logprob, layers, draft_max, draft_fixed, lam, delta,
+          profile, as_json, trace):
     """Solve QUESTION step by step and print the final \\boxed{} answer with statistics."""
     from .api import stream, summarize
     from .decoders.options import Options
@@ -118,7 +119,7 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
         raise SpecGuardError("--layers must be at least 3 (rollout over the last three layers)")
     opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
                    seed=seed, beta=beta, tau=tau, use_logprob=not no_logprob, use_grounding=not no_grounding,
-                   layers=layers, draft_max=draft_max, lam=lam, delta=delta, profile=profile)
+                   layers=layers, draft_max=draft_max, draft_fixed=draft_fixed, lam=lam, delta=delta, profile=profile)
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         steps, start = [], time.perf_counter()
         trace_file = open(trace, "a") if trace else None

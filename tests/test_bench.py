@@ -91,6 +91,22 @@ def test_resuming_with_other_options_is_refused(tiny_runtime, problems_file, tmp
         run_bench(tiny_runtime, problems, METHODS, out, Options(max_tokens=8), {"dataset": "sums"}, progress=False)
 
 
+def test_a_run_from_before_an_option_existed_resumes_with_that_option_at_its_default(tiny_runtime, problems_file,
+                                                                                      tmp_path):
+    out = tmp_path / "run"
+    bench(tiny_runtime, problems_file, out, limit=1)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["options"]["draft_fixed"]  # as written by a version without it
+    (out / "meta.json").write_text(json.dumps(meta))
+    bench(tiny_runtime, problems_file, out, limit=2)
+    assert len(read_rows(out)) == 2 * len(METHODS)
+    (out / "meta.json").write_text(json.dumps(meta))
+    problems = load_problems(str(problems_file), limit=2)
+    with pytest.raises(SpecGuardError, match="draft_fixed: False vs now True"):
+        run_bench(tiny_runtime, problems, METHODS, out, Options(max_tokens=16, draft_fixed=True), {"dataset": "sums"},
+                  progress=False)
+
+
 def cli_args(tiny_path, problems_file, out, *extra):
     return [sys.executable, "-m", "specguard_local.cli", "bench", "--dataset", str(problems_file), "--out", str(out),
             "--methods", ",".join(METHODS), "--max-tokens", "16", "--n-ctx", "512", "--draft", str(tiny_path),

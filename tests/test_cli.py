@@ -48,6 +48,15 @@ def assert_clean_error(done, *needles):
         assert needle in lines[0]
 
 
+def test_sd_reports_its_draft_lengths_fixed_or_chosen():
+    fixed = json.loads(cli("solve", "--method", "sd", "--draft-fixed", "--max-tokens", "60", "--json",
+                           "What is 7 times 6?").stdout)["stats"]
+    adaptive = json.loads(cli("solve", "--method", "sd", "--max-tokens", "60", "--json",
+                              "What is 7 times 6?").stdout)["stats"]
+    assert fixed["draft_len_mean"] > 3 and fixed["accepted_len_mean"] > 0  # --draft-max 4 nearly every round
+    assert adaptive["draft_len_mean"] < fixed["draft_len_mean"]           # the cost model starts plain and probes
+
+
 def test_missing_model(tmp_path):
     assert_clean_error(cli("solve", "--draft", str(tmp_path / "nope.gguf"), "hi"), "nope.gguf")
 

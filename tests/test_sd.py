@@ -30,7 +30,10 @@ def full_sequence_logits(model, tokens):
 def test_greedy_sd_is_the_targets_greedy_output_up_to_near_ties(real_runtime, draft_max):
     question = "Tom has 3 boxes with 12 apples each. He eats 5 apples. How many apples are left?"
     prompt = real_runtime.prompt_tokens(question)
-    sd_tokens = generated_tokens(real_runtime, "sd", question, max_tokens=96, draft_max=draft_max)
+    sd_steps = list(api.stream(real_runtime, question, "sd",
+                               Options(max_tokens=96, draft_max=draft_max, draft_fixed=True)))
+    sd_tokens = [t for s in sd_steps for t in s.tokens]
+    assert sum(s.scores["accepted"] for s in sd_steps) > 0  # the verification path really ran
     target_tokens = generated_tokens(real_runtime, "target", question, max_tokens=96)
     logits = full_sequence_logits(real_runtime.model("target"), prompt + sd_tokens)
     # every emitted token is the target's argmax (up to a near-tie) given the tokens before it

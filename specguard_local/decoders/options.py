@@ -23,6 +23,7 @@ class Options:
     lam: float = 0.5                # trispec: trust the proxy where its top-1 − top-2 probability is >= lam
     delta: float = 0.7              # rsd: keep a draft step whose judge score is >= delta
     draft_max: int = 4              # sd: longest draft per round (the cost model may choose fewer, or none)
+    draft_fixed: bool = False       # sd: always draft draft_max tokens, no cost model (classic SD)
     profile: str | None = None      # calibration profile path; None: the shipped default
 
     @property

@@ -16,7 +16,7 @@ estimates of whole-round wall times (Python included):
     R(n) = t + s + n·c                       s: the draft catching up on the previous round's last token;
                                              c: one draft decode plus one more verified position
 
-Decoding starts plain (n = 0). Every `PROBE_EVERY` rounds while n = 0 wins (or nothing is known yet), a probe
+`--draft-fixed` skips all this and always drafts `draft_max` tokens. Otherwise decoding starts plain (n = 0). Every `PROBE_EVERY` rounds while n = 0 wins (or nothing is known yet), a probe
 drafts one token, the cheapest round that measures s, c and one acceptance trial; after `PROBES_LOST` probes in a
 row leave n = 0 the best, the answer finishes with plain decoding. (A probe's draft must first prefill every token
 since its last round — on the default pair ≈ 0.13 target decodes per token — so probing all along would tax the
@@ -98,9 +98,10 @@ class CostModel:
             self.sync_s = _ema(self.sync_s, sync_s)
         elif self.sync_s is None:
             self.sync_s = draft_s / n  # until measured: one draft decode
-        self.per_token_s = _ema(self.per_token_s, max(round_s - sync_s - self.round_s, 0.0) / n)
+        if self.round_s is not None:  # (with --draft-fixed there is no plain round to compare with)
+            self.per_token_s = _ema(self.per_token_s, max(round_s - sync_s - self.round_s, 0.0) / n)
         self.rejected += accepted < n
-        if was_probe:
+        if was_probe and self.per_token_s is not None:
             self.probes_lost = self.probes_lost + 1 if self.best() == 0 else 0
 
 
@@ -136,7 +137,7 @@ def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     counted = (0, 0)  # cost.drafted, cost.accepted when the current step began
     while True:
         room = min(opts.max_tokens - generated, target.ctx.n_ctx_seq - len(tokens) - 1) - 1
-        n = max(min(cost.choose(), room), 0)
+        n = max(min(opts.draft_max if opts.draft_fixed else cost.choose(), room), 0)
         start = time.perf_counter()
         proposals, draft_logits, caught_up, synced = [], [], 0, start
         if n:
