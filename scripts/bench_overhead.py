@@ -42,7 +42,7 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
     session.sync(prompt)
     capture = session.ctx.hook
     mass = extend_prefix(PrefixMass.empty(), *map(capture.rows, capture.layers[:-1])) if guarded else None
-    profile = load_profile(opts, rt.config.draft, rt.config.target)
+    profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
     hopeless = (lambda c: score_step(c, mass, capture.layers, profile, opts)["r"] < -1.0) if guarded else None
     start = time.perf_counter()
     cands = sample_steps(session, k, opts.sampling, np.random.default_rng(seed), tokens, capture, hopeless)

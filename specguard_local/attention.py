@@ -25,6 +25,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from .errors import SpecGuardError
+
 SPARSITY_THRESHOLD = 0.01
 HIDDEN = "hidden"
 
@@ -97,6 +99,9 @@ class Capture:
 
 def last_layers(n_layer: int, n: int = 3) -> list[int]:
     """The last `n` layers (the paper: rollout over the last three)."""
+    if not 3 <= n <= n_layer:
+        raise SpecGuardError(f"--layers must lie between 3 (rollout over the last three layers) and {n_layer} "
+                             f"(the draft's depth), not {n}")
     return list(range(n_layer - n, n_layer))
 
 

@@ -115,8 +115,6 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
     from .api import stream, summarize
     from .decoders.options import Options
 
-    if layers < 3:
-        raise SpecGuardError("--layers must be at least 3 (rollout over the last three layers)")
     opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
                    seed=seed, beta=beta, tau=tau, use_logprob=not no_logprob, use_grounding=not no_grounding,
                    layers=layers, draft_max=draft_max, draft_fixed=draft_fixed, lam=lam, delta=delta, profile=profile)

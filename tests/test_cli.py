@@ -77,6 +77,11 @@ def test_vocabulary_mismatch_names_both_models(tmp_path):
     assert_clean_error(cli("solve", "--draft", str(a), "--target", str(b), "hi"), "a.gguf", "b.gguf")
 
 
+def test_rollout_depth_outside_the_drafts_layers():
+    assert_clean_error(cli("solve", "--layers", "2", "hi"), "--layers", "not 2")
+    assert_clean_error(cli("solve", "--layers", "99", "hi"), "--layers", "not 99")
+
+
 def test_empty_question():
     assert_clean_error(cli("solve", "   "), "empty")
 

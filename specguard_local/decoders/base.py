@@ -114,7 +114,8 @@ def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Ge
         for cand, cand_logits, token in zip(live, logits, step_tokens):
             cand.next_logits = cand_logits
             cand.stop = _stop_reason(cand, token, model.is_eog(token), max_tokens)
-            cand.hopeless = hopeless is not None and hopeless(cand)
+            # hopeless = can no longer be accepted, whatever follows: once true, no need to ask again
+            cand.hopeless = cand.hopeless or (hopeless is not None and hopeless(cand))
         live = [c for c in live if not c.stop]
         if live and all(c.hopeless for c in cands):
             for cand in live:
