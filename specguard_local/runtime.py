@@ -48,7 +48,7 @@ class Runtime:
         key = (role, n_seq, layers, hidden)
         if key not in self._contexts:
             model = self.model(role)
-            hook = Capture(last_layers(model.n_layer, layers), hidden) if layers or hidden else None
+            hook = Capture(last_layers(model.n_layer, layers) if layers else [], hidden) if layers or hidden else None
             self._contexts[key] = Context(model, n_seq=n_seq, n_ctx_seq=self.config.n_ctx,
                                           n_threads=self.config.n_threads or os.cpu_count(), hook=hook)
         ctx = self._contexts[key]
