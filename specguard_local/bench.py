@@ -3,6 +3,7 @@ then report.md and the accuracy-latency plot."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -35,13 +36,44 @@ RESUME_KEYS = ("dataset", "models", "options")
 
 
 def parse_methods(spec: str) -> list[str]:
-    """Method names from a comma list ("target,draft"), in order, without repeats; unknown names are an error."""
+    """Methods from a comma list ("target,draft,specguard:verifier=target-judge"), in order, without repeats. A
+    method may carry option overrides after ':' (`name:field=value:field=value`, fields of `Options`), so variants
+    of one method run interleaved in one bench; unknown names or fields are an error."""
     names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        raise SpecGuardError(f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'} in --methods; "
-                             f"choose from {', '.join(METHODS)}")
+    if not names:
+        raise SpecGuardError(f"no method given in --methods; choose from {', '.join(METHODS)}")
+    for name in names:
+        method_variant(name)
     return names
+
+
+def method_variant(spec: str) -> tuple[str, dict]:
+    """("specguard", {"verifier": "probe", "tau": 0.5}) from "specguard:verifier=probe:tau=0.5"."""
+    name, *assignments = spec.split(":")
+    if name not in METHODS:
+        raise SpecGuardError(f"unknown method {name!r} in --methods; choose from {', '.join(METHODS)}")
+    fields = {f.name: f for f in dataclasses.fields(Options)}
+    overrides = {}
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        if key not in fields or not value:
+            raise SpecGuardError(f"bad option {assignment!r} in method {spec!r}; write field=value with a field of "
+                                 f"{', '.join(fields)}")
+        overrides[key] = _coerce(value, getattr(Options(), key))
+    return name, overrides
+
+
+def _coerce(value: str, default):
+    """A method option's text as the type of its default (text when the default is None and it is no number)."""
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    for kind in (int, float):
+        if isinstance(default, kind) or default is None:
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+    return value
 
 
 def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir: Path, opts: Options, meta: dict,
@@ -112,12 +144,12 @@ def machine() -> dict:
             "cores": os.cpu_count()}
 
 
-def check_same_setup(meta_path: Path, meta: dict) -> None:
+def check_same_setup(meta_path: Path, meta: dict, options_type=Options) -> None:
     """Refuse to resume a run whose dataset, models or options differ from this one's. An option added to
-    `Options` after the run began counts as its default there."""
+    `options_type` after the run began counts as its default there."""
     stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     if "options" in stored:
-        stored["options"] = {**json.loads(json.dumps(asdict(Options()))), **stored["options"]}
+        stored["options"] = {**json.loads(json.dumps(asdict(options_type()))), **stored["options"]}
     for key in RESUME_KEYS:
         if key in stored and stored[key] != meta.get(key):
             raise SpecGuardError(f"{meta_path.parent} holds a run with other {key} "
@@ -137,14 +169,16 @@ def warm_up(rt: Runtime, methods: list[str], opts: Options) -> None:
     """One short untimed solve per method, so model loading and context creation stay out of the timings."""
     warm_opts = replace(opts, max_tokens=min(opts.max_tokens, WARMUP_MAX_TOKENS))
     for method in methods:
-        list(stream(rt, WARMUP_QUESTION, method, warm_opts))
+        name, overrides = method_variant(method)
+        list(stream(rt, WARMUP_QUESTION, name, replace(warm_opts, **overrides)))
 
 
 def solve_row(rt: Runtime, problem: Problem, method: str, opts: Options, dataset: str | None) -> dict:
     """Solve one problem with one method, timed, and grade it: one row of rows.jsonl."""
+    name, overrides = method_variant(method)
     start = time.perf_counter()
-    steps = list(stream(rt, problem.question, method, opts))
-    result = summarize(method, problem.question, steps, time.perf_counter() - start)
+    steps = list(stream(rt, problem.question, name, replace(opts, **overrides)))
+    result = summarize(name, problem.question, steps, time.perf_counter() - start)
     return {"method": method, "dataset": dataset, "problem_id": problem.id, "question": problem.question,
             "gold": problem.gold, "answer": result.answer, "correct": is_correct(result.answer, problem.gold),
             **{key: result.stats[key] for key in STAT_KEYS}, "seed": opts.seed}

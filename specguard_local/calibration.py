@@ -1,7 +1,14 @@
-"""Calibration: the per-pair normalisation bounds SpecGuard's decision needs (the paper does not give them).
+"""Calibration: what SpecGuard's decision needs per model pair (the paper gives neither).
 
-Greedy draft steps are scored on a dev slice with every step accepted (τ = 0), and each raw score's bounds are
-percentiles over those steps: l̃ = 0 at the `low` percentile of min log-probs, 1 at the `high` one; same for g̃.
+Normalisation bounds: greedy draft steps are scored on a dev slice with every step accepted (τ = 0), and each raw
+score's bounds are percentiles over those steps: l̃ = 0 at the `low` percentile of min log-probs, 1 at the `high`
+one; same for g̃. From a study (`specguard-local study`) the same bounds come from its greedy draft steps.
+
+Risk-calibrated thresholds (from a study): for each verifier, τ is the lowest threshold at which accepting every
+draft step scoring ≥ τ flips at most `max_harm` of the dev problems from right to wrong (a problem flips when any
+accepted step in it is harmful). The probe is scored out-of-fold, so its τ is not fitted on its own training
+problems. The default verifier is the one that accepts the most draft steps within that risk; ties go to the
+cheapest (signals, then probe, then target-judge).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from .api import stream
 from .datasets import load_problems
 from .decoders.options import Options
 from .errors import SpecGuardError
-from .signals import Profile
+from .signals import Profile, decision_score
 
 
 def calibrate(rt, dataset: str, offset: int, limit: int, max_tokens: int, low: float, high: float, layers: int,
@@ -35,3 +42,52 @@ def calibrate(rt, dataset: str, offset: int, limit: int, max_tokens: int, low: f
                    grounding_hi=float(hi_g), draft=draft_name, target=target_name,
                    notes={"dataset": dataset, "problems": f"{offset}..{offset + len(problems) - 1}",
                           "steps": len(logprobs), "percentiles": [low, high], "layers": layers})
+
+
+def bounds_from_study(steps: list[dict], low: float, high: float) -> dict[str, float]:
+    """The four normalisation bounds from the greedy draft steps of a study."""
+    greedy = [step for step in steps if not step["sampled"]]
+    lo_l, hi_l = np.percentile([s["logprob_min"] for s in greedy], [low, high])
+    lo_g, hi_g = np.percentile([s["grounding_min"] for s in greedy], [low, high])
+    if not (lo_l < hi_l and lo_g < hi_g):
+        raise SpecGuardError(f"{len(greedy)} draft steps are too few to tell the score bounds apart; study more "
+                             f"problems")
+    return {"logprob_lo": float(lo_l), "logprob_hi": float(hi_l), "grounding_lo": float(lo_g),
+            "grounding_hi": float(hi_g)}
+
+
+def risk_threshold(safe: np.ndarray, harmful: np.ndarray, groups: np.ndarray, n_problems: int,
+                   max_harm: float) -> dict:
+    """The lowest τ (a score value, or just above the highest) at which accepting steps with score ≥ τ flips at most `max_harm` of
+    `n_problems`; with the share of steps it accepts and the problems it flips."""
+    for tau in [*np.unique(safe), np.nextafter(safe.max(), np.inf)]:
+        accepted = safe >= tau
+        flipped = len(np.unique(groups[accepted & harmful]))
+        if flipped <= max_harm * n_problems:
+            return {"tau": float(tau), "accepted": float(accepted.mean()), "flipped_problems": flipped,
+                    "harmful_accepted": int((accepted & harmful).sum())}
+    raise AssertionError("accepting nothing flips nothing")
+
+
+def thresholds_from_study(problems: list[dict], profile: Profile, max_harm: float, probe=None,
+                          seed: int = 0) -> tuple[dict[str, float], str, dict]:
+    """τ per verifier for `max_harm`, the default verifier, and the dev-slice figures behind them."""
+    from . import probe as probes
+    from .study_report import study_table
+
+    steps, counts = study_table(problems)
+    steps = [step for step in steps if not step["sampled"]]
+    harmful = np.array([step["label"] == "harmful" for step in steps])
+    groups = np.array([step["problem_id"] for step in steps])
+    safe = {"signals": np.array([decision_score(s["logprob_min"], s["grounding_min"], profile)[2] for s in steps]),
+            "target-judge": np.array([s["judge"] for s in steps])}
+    if probe is not None:
+        features, labels, _ = probes.study_arrays(steps, probe.features)
+        safe["probe"] = 1.0 - probes.cross_validated(features, labels, groups, seed)
+    figures = {name: risk_threshold(score, harmful, groups, counts["problems"], max_harm)
+               for name, score in safe.items()}
+    order = ("signals", "probe", "target-judge")
+    best = max(figures, key=lambda name: (figures[name]["accepted"], -order.index(name)))
+    taus = {name: figure["tau"] for name, figure in figures.items()}
+    return taus, best, {"max_harm": max_harm, "problems": counts["problems"], "steps": len(steps),
+                        "harmful": int(harmful.sum()), "verifiers": figures}

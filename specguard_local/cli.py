@@ -89,7 +89,14 @@ def main():
 @click.option("--top-p", default=0.8, show_default=True, help="Nucleus sampling mass (when temperature > 0).")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling (runs are reproducible).")
 @click.option("--beta", type=float, default=None, help="Weight of the log-prob score in r [default: profile, 0.3].")
-@click.option("--tau", type=float, default=None, help="Accept a draft step iff r >= tau [default: profile, 0.7].")
+@click.option("--verifier", default=None,
+              help="specguard: what judges a draft step — signals (the paper's log-prob + attention r), target-judge "
+                   "(the target's geometric-mean probability of the step, one batched prefill), probe (hidden-state "
+                   "probe) or a '+' combination that must all accept [default: the profile's choice].")
+@click.option("--tau", type=float, default=None, help="Accept a draft step iff its verifier score >= tau "
+                                                      "[default: the profile's τ for the verifier].")
+@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
+              help="Probe file for --verifier probe (from `study --train-probe`) [default: the shipped one].")
 @click.option("--no-grounding", is_flag=True, help="Ablation: decide on the log-prob score alone.")
 @click.option("--no-logprob", is_flag=True, help="Ablation: decide on the attention grounding score alone.")
 @click.option("--layers", default=3, show_default=True,
@@ -109,14 +116,15 @@ def main():
               help="Append one JSON line per step (all candidates, raw and normalised scores, decision, timings).")
 @friendly_errors
 def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_layers, max_tokens, max_step_tokens, k,
-          temperature, top_p, seed, beta, tau, no_grounding, no_logprob, layers, draft_max, draft_fixed, lam, delta,
-          profile, as_json, trace):
+          temperature, top_p, seed, beta, verifier, tau, probe_path, no_grounding, no_logprob, layers, draft_max,
+          draft_fixed, lam, delta, profile, as_json, trace):
     """Solve QUESTION step by step and print the final \\boxed{} answer with statistics."""
     from .api import stream, summarize
     from .decoders.options import Options
 
     opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
-                   seed=seed, beta=beta, tau=tau, use_logprob=not no_logprob, use_grounding=not no_grounding,
+                   seed=seed, beta=beta, tau=tau, verifier=verifier, probe=probe_path, use_logprob=not no_logprob,
+                   use_grounding=not no_grounding,
                    layers=layers, draft_max=draft_max, draft_fixed=draft_fixed, lam=lam, delta=delta, profile=profile)
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         steps, start = [], time.perf_counter()
@@ -217,21 +225,127 @@ def models_path(spec, models_dir):
 @click.option("--low", default=5.0, show_default=True, help="Percentile used as each score's lower bound.")
 @click.option("--high", default=95.0, show_default=True, help="Percentile used as each score's upper bound.")
 @click.option("--layers", default=3, show_default=True, help="Attention rollout depth the profile is for.")
+@click.option("--study", "study_dir", type=click.Path(file_okay=False, exists=True),
+              help="A `specguard-local study` folder: take the bounds from its draft steps and choose each verifier's "
+                   "τ from its outcome labels for --max-harm (no decoding is run).")
+@click.option("--max-harm", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="With --study: the share of dev problems that accepted draft steps may flip from right to wrong.")
+@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
+              help="With --study: also choose τ for this probe [default: the shipped one, when there is one].")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Profile JSON to write.")
 @model_options
 @friendly_errors
-def calibrate(dataset, offset, limit, max_tokens, low, high, layers, out, draft, target, models_dir, n_ctx, threads,
-              n_gpu_layers):
-    """Compute the normalisation bounds of the two SpecGuard scores for a model pair from greedy draft steps on a
-    dev slice, and write them as a profile for `solve --profile`."""
-    from .calibration import calibrate as run_calibration
+def calibrate(dataset, offset, limit, max_tokens, low, high, layers, study_dir, max_harm, probe_path, out, draft,
+              target, models_dir, n_ctx, threads, n_gpu_layers):
+    """Calibrate SpecGuard for a model pair and write a profile for `solve --profile`.
+
+    Without --study: the normalisation bounds of the two SpecGuard scores from greedy draft steps on a dev slice.
+    With --study DIR: the bounds from the study's draft steps, and for each verifier (signals, target-judge, probe)
+    the lowest τ whose accepted steps flip at most --max-harm of the study's problems from right to wrong; the
+    verifier that accepts the most steps within that risk becomes the default."""
+    from dataclasses import replace
+
+    from .calibration import bounds_from_study, calibrate as run_calibration, thresholds_from_study
+    from .probe import Probe, default_probe_path
+    from .signals import Profile
+    from .study import load_study
 
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
-        profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, layers, rt.ids["draft"],
-                                  rt.ids["target"])
+        if study_dir is None:
+            profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, layers, rt.ids["draft"],
+                                      rt.ids["target"])
+        else:
+            problems = load_study(study_dir)
+            if not problems:
+                raise SpecGuardError(f"{study_dir} holds no studied problems; run `specguard-local study` first")
+            steps = [step for row in problems for step in row["steps"]]
+            profile = Profile(**bounds_from_study(steps, low, high), draft=rt.ids["draft"], target=rt.ids["target"])
+            path = probe_path or (default_probe_path() if default_probe_path().exists() else None)
+            probe = Probe.load(path, rt.ids["draft"], rt.ids["target"]) if path else None
+            taus, verifier, figures = thresholds_from_study(problems, profile, max_harm, probe)
+            profile = replace(profile, taus=taus, verifier=verifier,
+                              notes={"study": str(study_dir), "percentiles": [low, high], "probe": str(path or ""),
+                                     **figures})
     profile.save(out)
     click.echo(f"wrote {out}: log-prob [{profile.logprob_lo:.3f}, {profile.logprob_hi:.3f}], "
                f"grounding [{profile.grounding_lo:.4f}, {profile.grounding_hi:.4f}]")
+    for name, tau in profile.taus.items():
+        figure = profile.notes.get("verifiers", {}).get(name)
+        detail = (f": accepts {figure['accepted']:.0%} of draft steps, flips {figure['flipped_problems']} of "
+                  f"{profile.notes['problems']} problems" if figure else "")
+        click.echo(f"  {name} τ = {tau:.4g}{detail}{'  (default)' if name == profile.verifier else ''}")
+
+
+@main.command()
+@click.option("--dataset", default="gsm8k", show_default=True, help="Bundled dataset name or JSONL path.")
+@click.option("--offset", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="First problem (dev problems, kept apart from the ones benchmarks report).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Problems to study.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for steps.jsonl, meta.json, report.md and plots; the same folder resumes.")
+@click.option("--max-tokens", default=512, show_default=True, help="Token budget of every solution.")
+@click.option("--max-step-tokens", default=256, show_default=True, help="Per-step cap when no blank line comes.")
+@click.option("--k", default=1, show_default=True,
+              help="Draft candidates per boundary: the greedy one plus k-1 sampled (temperature 0.7, top-p 0.8).")
+@click.option("--layers", default=3, show_default=True, help="Attention rollout depth (last N layers).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+              help="Calibration profile the report computes r under [default: the pair's shipped one, else bounds "
+                   "from the study's own steps].")
+@click.option("--train-probe", is_flag=True,
+              help="Then train the hidden-state probe on the labels (draft, target and both hidden states, grouped "
+                   "cross-validation by problem) and write the best as OUT/probe.json for `solve --probe`.")
+@model_options
+@friendly_errors
+def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, seed, profile, train_probe, draft,
+          target, models_dir, n_ctx, threads, n_gpu_layers):
+    """Label draft steps by outcome and measure how well each signal predicts a harmful step.
+
+    Walks the target's own greedy solution of each dev problem; at every step boundary the draft writes its next
+    step, every verifier signal is computed (draft log-prob, entropy, attention grounding, r; the target's
+    log-probs of the step from one prefill; hidden states for the probe), and the target completes the solution
+    from there. A step is harmful when the target's own solution is right and the one after the draft step is
+    wrong. Writes OUT/steps.jsonl (one line per problem, resumable), OUT/report.md and plots: AUROC per signal
+    with 95% bootstrap intervals over problems, and the share of steps accepted against problems flipped.
+
+    \b
+    Example:
+      specguard-local study --dataset gsm8k --offset 1000 --limit 50 --out runs/study
+    """
+    from .datasets import load_problems
+    from .study import StudyOptions, run_study
+    from .study_report import study_profile, write_study_report
+
+    if k < 1 or max_tokens < 1:
+        raise SpecGuardError("--k and --max-tokens must be at least 1")
+    problems = load_problems(dataset, limit=offset + limit)[offset:]
+    if not problems:
+        raise SpecGuardError(f"{dataset} has no problems from --offset {offset}")
+    opts = StudyOptions(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, layers=layers, seed=seed)
+    with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
+        meta = {"dataset": dataset, "offset": offset, "limit": limit}
+        rows = run_study(rt, problems, Path(out), opts, meta)
+        ids = rt.ids
+    report_path = write_study_report(rows, Path(out), study_profile(rows, profile, ids["draft"], ids["target"]))
+    click.echo(report_path.read_text(encoding="utf-8"))
+    click.echo(f"report: {report_path}")
+    if train_probe:
+        from dataclasses import replace
+
+        import numpy as np
+
+        from . import probe as probes
+
+        steps = [step for row in rows for step in row["steps"]]
+        trained = []
+        for kind in probes.FEATURES:
+            x, y, groups = probes.study_arrays(steps, kind)
+            trained.append(probes.train(x, y, groups, kind, seed, study=str(out), dataset=dataset))
+            click.echo(f"probe on {kind} hidden states: grouped CV AUROC {trained[-1].training['cv_auroc']:.3f} "
+                       f"({trained[-1].training['positives']} harmful of {trained[-1].training['steps']} steps)")
+        best = max(trained, key=lambda p: (np.nan_to_num(p.training["cv_auroc"]), -probes.FEATURES.index(p.features)))
+        replace(best, draft=ids["draft"], target=ids["target"]).save(Path(out) / "probe.json")
+        click.echo(f"wrote {Path(out) / 'probe.json'} ({best.features} hidden states)")
 
 
 @main.command(epilog=EPILOG)
@@ -247,16 +361,26 @@ def calibrate(dataset, offset, limit, max_tokens, low, high, layers, out, draft,
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, stored in every row.")
 @click.option("--max-tokens", default=512, show_default=True, help="Token budget per answer.")
 @click.option("--k", default=1, show_default=True, help="Candidate steps per step (see `solve --help`).")
+@click.option("--verifier", default=None, help="specguard's verifier (see `solve --help`) [default: the profile's].")
+@click.option("--tau", type=float, default=None, help="The verifier's threshold [default: the profile's].")
+@click.option("--beta", type=float, default=None, help="Weight of the log-prob score in r [default: the profile's].")
+@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
+              help="Probe file for the probe verifier [default: the shipped one].")
+@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+              help="Calibration profile [default: the shipped one for the default pair].")
 @model_options
 @friendly_errors
-def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, draft, target, models_dir, n_ctx, threads,
-          n_gpu_layers):
+def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, tau, beta, probe_path, profile, draft,
+          target, models_dir, n_ctx, threads, n_gpu_layers):
     """Benchmark methods on a math test set: accuracy and speed, one solve per (problem, method).
 
     Measured per solve: whether the final \\boxed{} answer equals the reference (95% Wilson interval per method),
     wall-clock latency, tokens/s, and for specguard the share of draft steps accepted and of steps the target
     wrote. The models are loaded once, each method gets an untimed warm-up, and methods alternate on every problem,
     so slow drift of the machine hits them all alike.
+
+    A method may carry option overrides after ':' so that variants run interleaved in one bench, e.g.
+    `--methods target,specguard:verifier=signals,specguard:verifier=target-judge:tau=0.6`.
 
     Each finished solve is appended to OUT/rows.jsonl at once: rerunning with the same --out (after a crash, Ctrl-C
     or with a larger --limit) skips what is done; other models or options are refused there.
@@ -276,7 +400,8 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, draft, targ
     problems = load_problems(dataset, limit=offset + limit)[offset:]
     if not problems:
         raise SpecGuardError(f"{dataset} has no problems from --offset {offset}")
-    opts = Options(max_tokens=max_tokens, k=k, seed=seed)
+    opts = Options(max_tokens=max_tokens, k=k, seed=seed, verifier=verifier, tau=tau, beta=beta, probe=probe_path,
+                   profile=profile)
     meta = {"dataset": dataset, "methods": method_names, "offset": offset, "limit": limit}
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         rows_path = run_bench(rt, problems, method_names, Path(out), opts, meta)

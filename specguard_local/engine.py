@@ -109,14 +109,14 @@ class Model:
 class Context:
     """A llama.cpp context with `n_seq` sequences of up to `n_ctx_seq` tokens each, one KV stream per sequence.
 
-    `hook` (an `attention.Capture`) is installed as llama.cpp's eval callback; flash attention is then turned off,
-    because it never materialises the attention weights the hook reads.
+    `hook` (an `attention.Capture`) is installed as llama.cpp's eval callback; when it reads attention layers, flash
+    attention is turned off, because it never materialises the attention weights the hook reads.
     """
 
     def __init__(self, model: Model, n_seq: int = 1, n_ctx_seq: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, hook=None):
         self.model, self.n_seq, self.n_ctx_seq, self.n_batch, self.hook = model, n_seq, n_ctx_seq, n_batch, hook
-        threads = n_threads or os.cpu_count() or 1
+        threads = n_threads or available_cores()
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx_seq * n_seq
         params.n_batch = params.n_ubatch = n_batch
@@ -125,9 +125,10 @@ class Context:
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
         if hook is not None:
-            params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
             params.cb_eval = hook.callback
             params.cb_eval_user_data = None
+            if hook.layers:
+                params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ptr = ll.llama_init_from_model(model.ptr, params)
         if not self.ptr:
             raise SpecGuardError(f"llama.cpp could not create a context for {model.name} "
@@ -213,6 +214,20 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     """log p(token) under the raw distribution, without materialising the whole log-softmax."""
     top = logits.max()
     return float(logits[token] - top - np.log(np.exp(logits - top).sum()))
+
+
+def logprob_and_entropy(logits: np.ndarray, token: int) -> tuple[float, float]:
+    """(log p(token), entropy H = -Σ p log p) of the raw distribution, from one pass over the vocabulary."""
+    shifted = logits - logits.max()
+    weights = np.exp(shifted)
+    total = weights.sum()
+    log_total = np.log(total)
+    return float(shifted[token] - log_total), float(log_total - weights @ shifted / total)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset / cgroup affinity, unlike os.cpu_count())."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator, n_top: int = 64) -> int:

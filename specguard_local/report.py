@@ -59,7 +59,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _method_sort_key(method: str) -> tuple[int, str]:
     """Known methods in their canonical order, then any others alphabetically."""
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    name = method.split(":")[0]  # a variant ("specguard:verifier=probe") sorts with its method
+    rank = METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
     return rank, method
 
 

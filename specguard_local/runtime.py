@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from . import models
@@ -50,7 +49,7 @@ class Runtime:
             model = self.model(role)
             hook = Capture(last_layers(model.n_layer, layers) if layers else [], hidden) if layers or hidden else None
             self._contexts[key] = Context(model, n_seq=n_seq, n_ctx_seq=self.config.n_ctx,
-                                          n_threads=self.config.n_threads or os.cpu_count(), hook=hook)
+                                          n_threads=self.config.n_threads, hook=hook)
         ctx = self._contexts[key]
         ctx.clear()
         return Session(ctx)

@@ -25,14 +25,16 @@ from .errors import SpecGuardError
 
 @dataclass(frozen=True)
 class Profile:
-    """Normalisation bounds and decision constants for one draft/target pair."""
+    """Normalisation bounds and decision constants for one draft/target pair: the bounds of l̃ and g̃, β, the τ of
+    each verifier (`decoders.verifiers`) and which verifier SpecGuard uses by default."""
 
     logprob_lo: float
     logprob_hi: float
     grounding_lo: float
     grounding_hi: float
     beta: float = 0.3
-    tau: float = 0.7
+    taus: dict = field(default_factory=lambda: {"signals": 0.7})
+    verifier: str = "signals"
     draft: str = ""
     target: str = ""
     notes: dict = field(default_factory=dict)
@@ -44,6 +46,8 @@ class Profile:
     def load(path: str | Path) -> "Profile":
         try:
             data = json.loads(Path(path).read_text())
+            if "tau" in data:  # profiles from before verifiers had one τ, the signals'
+                data["taus"] = {**data.get("taus", {}), "signals": data.pop("tau")}
             profile = Profile(**data)
         except (OSError, ValueError, TypeError) as exc:
             raise SpecGuardError(f"bad calibration profile {path}: {exc}") from None
@@ -58,6 +62,17 @@ DEFAULT_PROFILE = "qwen2.5-coder-0.5b__qwen2.5-coder-1.5b.json"
 def default_profile() -> Profile:
     """The shipped profile for the default pair (written by `specguard-local calibrate`)."""
     return Profile.load(resources.files("specguard_local") / "data" / DEFAULT_PROFILE)
+
+
+def pair_profile(path: str | Path | None, draft: str, target: str) -> Profile:
+    """The profile at `path` (default: the shipped one), checked to be for this draft/target pair. Bounds
+    calibrated on another pair would make r meaningless, so a mismatch is an error, not a silent default."""
+    profile = Profile.load(path) if path else default_profile()
+    if (profile.draft, profile.target) != (draft, target):
+        raise SpecGuardError(f"the calibration profile is for {profile.draft} → {profile.target}, not {draft} → "
+                             f"{target}; run `specguard-local calibrate --draft {draft} --target {target} --out "
+                             f"profile.json` and pass --profile profile.json")
+    return profile
 
 
 def normalise(value: float, lo: float, hi: float) -> float:

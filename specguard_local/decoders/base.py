@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..attention import HIDDEN, Capture
-from ..engine import Context, Sampling, sample, token_logprob
+from ..engine import Context, Sampling, logprob_and_entropy, sample
 
 STEP_BOUNDARY = b"\n\n"
 
@@ -42,6 +42,17 @@ class Session:
         self.tokens = list(tokens)
         return len(tokens) - keep
 
+    def extend(self, tokens: list[int]) -> np.ndarray:
+        """Decode `tokens` after the session's tokens in one batch, with the logits after every one of them (how a
+        verifier reads a whole step); the session then holds them."""
+        start = len(self.tokens)
+        self.ctx.check_room(start + len(tokens))
+        self.ctx.truncate(self.seq, start)
+        rows = self.ctx.decode(tokens, list(range(start, start + len(tokens))), [self.seq] * len(tokens),
+                               [True] * len(tokens))
+        self.tokens, self.logits = self.tokens + tokens, rows[-1]
+        return rows
+
     def adopt(self, cand: "Candidate") -> None:
         """Continue from a finished candidate: its sequence now holds tokens + its step."""
         self.seq, self.logits = cand.seq, cand.next_logits
@@ -53,6 +64,7 @@ class Candidate:
     seq: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)   # raw (temperature 1) log-prob of each sampled token
+    entropies: list[float] = field(default_factory=list)  # entropy of the raw distribution each token came from
     data: bytes = b""
     stop: str = ""
     next_logits: np.ndarray | None = None
@@ -87,7 +99,8 @@ def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Ge
                  hopeless: Callable[[Candidate], bool] | None = None) -> list[Candidate]:
     """Sample k candidate steps after `session.tokens`, one batched llama_decode per token for all live candidates.
 
-    A candidate stops at "\\n\\n", an end-of-generation token, or after `max_tokens` tokens. With `capture`, each
+    Candidates live in k sequences, the session's own among them (the others are forked from it). A candidate stops
+    at "\\n\\n", an end-of-generation token, or after `max_tokens` tokens. With `capture`, each
     candidate also collects its tokens' attention rows and final hidden states. `hopeless(cand)` says a candidate
     (even unfinished) can no longer be accepted; once every candidate is hopeless, drafting stops early and the
     live ones end with stop = "early".
@@ -96,14 +109,17 @@ def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Ge
     ctx.check_room(n_past + 1)
     max_tokens = min(max_tokens, ctx.n_ctx_seq - n_past)
     ctx.truncate(session.seq, n_past)
-    ctx.fork(session.seq, range(k))
-    cands = [Candidate(seq=s, next_logits=session.logits) for s in range(k)]
+    seqs = sorted([session.seq] + [s for s in range(ctx.n_seq) if s != session.seq][:k - 1])
+    ctx.fork(session.seq, seqs)
+    cands = [Candidate(seq=s, next_logits=session.logits) for s in seqs]
     live = list(cands)
     while live:
         step_tokens = []
         for cand in live:
             token = sample(cand.next_logits, sampling, rng)
-            cand.logprobs.append(token_logprob(cand.next_logits, token))
+            logprob, entropy = logprob_and_entropy(cand.next_logits, token)
+            cand.logprobs.append(logprob)
+            cand.entropies.append(entropy)
             cand.tokens.append(token)
             cand.data += model.piece(token)
             step_tokens.append(token)

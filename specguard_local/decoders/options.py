@@ -16,7 +16,9 @@ class Options:
     top_p: float = 0.8
     seed: int = 0
     beta: float | None = None       # None: the calibration profile's value
-    tau: float | None = None
+    tau: float | None = None        # None: the profile's τ for the verifier
+    verifier: str | None = None     # signals, target-judge, probe or a '+' combination; None: the profile's choice
+    probe: str | None = None        # probe file for the probe verifier; None: the shipped one for the pair
     use_logprob: bool = True
     use_grounding: bool = True
     layers: int = 3                 # attention rollout depth (last N layers)

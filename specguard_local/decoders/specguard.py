@@ -21,56 +21,98 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 
-from ..attention import PrefixMass, extend_prefix, step_grounding
+from ..attention import Capture, PrefixMass, extend_prefix
 from ..errors import SpecGuardError
 from ..events import Step
-from ..signals import Profile, decision_score, default_profile, select
-from .base import Candidate, finished, sample_steps
+from ..probe import Probe, default_probe_path
+from ..signals import Profile, pair_profile, select
+from .base import Candidate, Session, finished, sample_steps
 from .options import Options
+from .verifiers import draft_signals, parse_verifier, read_step, with_decision
+
+
+@dataclass
+class Grounding:
+    """What ABGV needs across steps: the draft's capture hook and the prefix mass of I = prompt + accepted steps."""
+
+    capture: Capture
+    mass: PrefixMass
+
+    @staticmethod
+    def after_prefill(capture: Capture) -> "Grounding":
+        """Start from the prompt the draft has just prefilled (its rows are still in the hook)."""
+        return Grounding(capture, extend_prefix(PrefixMass.empty(len(capture.layers)),
+                                                *map(capture.rows, capture.layers[:-1])))
+
+    def absorb_prefill(self) -> None:
+        """Add the tokens the draft has just prefilled (a target step) to I."""
+        self.mass = extend_prefix(self.mass, *map(self.capture.rows, self.capture.layers[:-1]))
+
+    def absorb(self, step: Candidate) -> None:
+        """Add an accepted draft step to I, from the rows captured while drafting it."""
+        self.mass = extend_prefix(self.mass, *map(step.attention, self.capture.layers[:-1]))
+
+    def signals(self, cand: Candidate, profile: Profile, opts: Options) -> dict[str, float]:
+        return with_decision(draft_signals(cand, self.mass, self.capture.layers), profile, opts.use_logprob,
+                             opts.use_grounding)
 
 
 def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
-    draft = rt.session("draft", n_seq=opts.k, layers=opts.layers, hidden=opts.k > 1)
-    target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1)
-    capture, rng = draft.ctx.hook, np.random.default_rng(opts.seed)
-    layers = capture.layers  # the rollout's layers, first to last
-    timings: dict[str, float] = {}
+    verifier = parse_verifier(opts.verifier or profile.verifier, profile, opts.tau)
+    probe = load_probe(opts, rt) if "probe" in verifier.parts else None
+    draft = rt.session("draft", n_seq=opts.k, layers=opts.layers,
+                       hidden=opts.k > 1 or (probe is not None and probe.features != "target"))
+    target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1 or (probe is not None and probe.features != "draft"))
+    judged = "target-judge" in verifier.parts or (probe is not None and probe.features != "draft")
+    rng, timings = np.random.default_rng(opts.seed), {}
+    tau_signals = dict(zip(verifier.parts, verifier.taus)).get("signals")
     with clock(timings, "draft_prefill"):
         draft.sync(prompt)
-        mass = extend_prefix(PrefixMass.empty(len(layers)), *map(capture.rows, layers[:-1]))
+        grounding = Grounding.after_prefill(draft.ctx.hook)
+    hopeless = (lambda c: grounding.signals(c, profile, opts)["r"] < tau_signals) if tau_signals is not None else None
     tokens, index = list(prompt), 0
     while True:
         budget = min(opts.max_step_tokens, opts.max_tokens - (len(tokens) - len(prompt)))
         with clock(timings, "draft"):
-            cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, capture,
-                                 hopeless=lambda c: score_step(c, mass, layers, profile, opts)["r"] < profile.tau)
+            cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, grounding.capture, hopeless)
         with clock(timings, "score"):
             chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
-            scores = [score_step(c, mass, layers, profile, opts) for c in cands]
-        if scores[chosen]["r"] >= profile.tau:
-            step, source, verdict = cands[chosen], "draft", "accepted"
-            draft.adopt(step)
-            mass = extend_prefix(mass, *map(step.attention, layers[:-1]))
-        else:
+            scores = [grounding.signals(c, profile, opts) for c in cands]
+        step, verdict = cands[chosen], scores[chosen]
+        if judged and (tau_signals is None or verdict["r"] >= tau_signals):
             with clock(timings, "target_prefill"):
                 target.sync(tokens)
+            with clock(timings, "judge"):
+                judge, target_hidden = read_step(target, step.tokens)
+                verdict.update(judge)
+                if probe is not None:
+                    verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, target_hidden))
+        elif probe is not None:
+            verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, None))
+        if verifier.accepts(verdict):
+            source, verdict_name = "draft", "accepted"
+            draft.adopt(step)
+            grounding.absorb(step)  # a judged step is in the target's KV cache already
+        else:
+            with clock(timings, "target_prefill"):
+                target.sync(tokens)  # catches up on unseen steps; drops a judged draft step
             with clock(timings, "target"):
                 target_cands = sample_steps(target, opts.k, opts.sampling, rng, budget, target.ctx.hook)
                 step = target_cands[select(np.stack([c.embedding for c in target_cands])) if opts.k > 1 else 0]
                 target.adopt(step)
             with clock(timings, "draft_sync"):
                 draft.sync(tokens + step.tokens)
-                mass = extend_prefix(mass, *map(capture.rows, layers[:-1]))
-            source, verdict = "target", "rejected"
+                grounding.absorb_prefill()
+            source, verdict_name = "target", "rejected"
         tokens += step.tokens
         yield Step(index=index, text=draft.ctx.model.detokenize(step.tokens), tokens=step.tokens, source=source,
-                   verdict=verdict, stop=step.stop, scores=scores[chosen], chosen=chosen, timings=timings,
+                   verdict=verdict_name, stop=step.stop, scores=verdict, chosen=chosen, timings=timings,
                    candidates=[dict(text=draft.ctx.model.detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop,
                                     **s) for c, s in zip(cands, scores)])
         index, timings = index + 1, {}
@@ -78,29 +120,32 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             return
 
 
-def score_step(cand: Candidate, mass: PrefixMass, layers: list[int], profile: Profile,
-               opts: Options) -> dict[str, float]:
-    """Raw and normalised LPBV / ABGV scores of one candidate step and its decision score r."""
-    grounding = step_grounding(mass, *(cand.attention(layer) for layer in layers))
-    logprob_min, grounding_min = min(cand.logprobs), float(grounding.min())
-    l_norm, g_norm, r = decision_score(logprob_min, grounding_min, profile, opts.use_logprob, opts.use_grounding)
-    return {"logprob_min": logprob_min, "logprob_mean": float(np.mean(cand.logprobs)),
-            "grounding_min": grounding_min, "grounding_mean": float(grounding.mean()),
-            "logprob_norm": l_norm, "grounding_norm": g_norm, "r": r}
+def rsd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
+    """Reward-guided SD (RSD), step level: SpecGuard with the target-judge verifier at τ = δ. RSD's judge is a
+    process reward model; we ship none, so the judge is the target's own geometric-mean probability of the step."""
+    return specguard(rt, prompt, replace(opts, verifier="target-judge", tau=opts.delta))
+
+
+def probe_features(probe: Probe, step: Candidate, target_hidden: np.ndarray | None) -> np.ndarray:
+    parts = {"draft": [step.embedding], "target": [target_hidden], "both": [step.embedding, target_hidden]}
+    return np.concatenate(parts[probe.features])
+
+
+def load_probe(opts: Options, rt) -> Probe:
+    path = opts.probe or default_probe_path()
+    if not opts.probe and not path.exists():
+        raise SpecGuardError("no probe is shipped for this pair; train one with `specguard-local study --train-probe` "
+                             "and pass --probe FILE")
+    return Probe.load(path, rt.ids["draft"], rt.ids["target"],
+                      {role: rt.model(role).n_embd for role in ("draft", "target")})
 
 
 def load_profile(opts: Options, draft: str, target: str) -> Profile:
-    """The calibration profile for this pair, with --beta / --tau overrides. Bounds calibrated on another pair
-    would make r meaningless, so a mismatch is an error, not a silent default."""
-    profile = Profile.load(opts.profile) if opts.profile else default_profile()
+    """The calibration profile for this pair (`signals.pair_profile`), with the --beta override."""
+    profile = pair_profile(opts.profile, draft, target)
     if opts.beta is not None and not 0.0 <= opts.beta <= 1.0:
         raise SpecGuardError("--beta must lie in [0, 1]")
-    if (profile.draft, profile.target) != (draft, target):
-        raise SpecGuardError(f"the calibration profile is for {profile.draft} → {profile.target}, not {draft} → "
-                             f"{target}; run `specguard-local calibrate --draft {draft} --target {target} --out "
-                             f"profile.json` and pass --profile profile.json")
-    return replace(profile, beta=profile.beta if opts.beta is None else opts.beta,
-                   tau=profile.tau if opts.tau is None else opts.tau)
+    return profile if opts.beta is None else replace(profile, beta=opts.beta)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from ..events import Step
-from .base import Session, StepCutter
+from .base import StepCutter
 from .options import Options
 
 
@@ -44,15 +44,6 @@ def margin(logits: np.ndarray) -> tuple[int, float]:
     return int(first), float(probs[first] - probs[second])
 
 
-def extend(session: Session, tokens: list[int]) -> np.ndarray:
-    """Decode `tokens` after the session's tokens with logits for every one; the session then holds them."""
-    start = len(session.tokens)
-    rows = session.ctx.decode(tokens, list(range(start, start + len(tokens))), [session.seq] * len(tokens),
-                              [True] * len(tokens))
-    session.tokens, session.logits = session.tokens + tokens, rows[-1]
-    return rows
-
-
 def trispec(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     proxy, target = rt.session("draft"), rt.session("target")
     tokens, index = list(prompt), 0
@@ -61,7 +52,7 @@ def trispec(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
         room = min(opts.max_tokens - (len(tokens) - len(prompt)), proxy.ctx.n_ctx_seq - len(tokens) - 1)
         proposals = lookup(tokens, max(min(opts.draft_max, room - 1), 0))
         proxy.sync(tokens)
-        before = [proxy.logits, *extend(proxy, proposals)[:-1]] if proposals else [proxy.logits]
+        before = [proxy.logits, *proxy.extend(proposals)[:-1]] if proposals else [proxy.logits]
         emitted, untrusted_at = [], None
         for i, row in enumerate(before):
             token, confidence = margin(row)
@@ -75,7 +66,7 @@ def trispec(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
         if untrusted_at is not None:
             rest = proposals[untrusted_at:]
             target.sync(tokens + emitted)
-            preds = [target.logits, *extend(target, rest)] if rest else [target.logits]
+            preds = [target.logits, *target.extend(rest)] if rest else [target.logits]
             for j, row in enumerate(preds):
                 emitted.append(int(np.argmax(row)))
                 counts["target_tokens"] += 1
