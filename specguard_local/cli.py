@@ -149,7 +149,7 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
         click.echo(stats_line(result.stats), err=True)
 
 
-SCORE_LABELS = {"r": "r", "logprob_norm": "l̃", "grounding_norm": "g̃", "judge": "judge"}
+SCORE_LABELS = {"r": "r", "logprob_norm": "l̃", "grounding_norm": "g̃", "judge": "judge", "probe_safe": "probe"}
 
 
 def print_step(step) -> None:
@@ -336,10 +336,9 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 
         from . import probe as probes
 
-        steps = [step for row in rows for step in row["steps"]]
         trained = []
         for kind in probes.FEATURES:
-            x, y, groups = probes.study_arrays(steps, kind)
+            x, y, groups = probes.study_arrays(rows, kind)
             trained.append(probes.train(x, y, groups, kind, seed, study=str(out), dataset=dataset))
             click.echo(f"probe on {kind} hidden states: grouped CV AUROC {trained[-1].training['cv_auroc']:.3f} "
                        f"({trained[-1].training['positives']} harmful of {trained[-1].training['steps']} steps)")

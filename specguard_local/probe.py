@@ -89,9 +89,10 @@ def step_features(step: dict, kind: str) -> np.ndarray | None:
     return None if any(v is None for v in vectors) else np.concatenate(vectors)
 
 
-def study_arrays(steps: list[dict], kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, harmful 0/1, problem ids) of the greedy draft steps of a study, for training or scoring."""
-    steps = [step for step in steps if not step.get("sampled")]
+def study_arrays(problems: list[dict], kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, harmful 0/1, problem ids) of the greedy draft steps of a study's problem rows, in order."""
+    steps = [{**step, "problem_id": row["problem_id"]} for row in problems for step in row["steps"]
+             if not step.get("sampled")]
     features = [step_features(step, kind) for step in steps]
     if not steps or any(f is None for f in features):
         raise SpecGuardError(f"the study has no {kind} hidden states for every step; rerun `specguard-local study`")

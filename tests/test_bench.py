@@ -138,3 +138,27 @@ def test_bad_methods_is_one_clean_error(tiny_path, problems_file, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "'bogus'" in lines[0] and "specguard" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_method_variants_carry_typed_option_overrides():
+    from specguard_local.bench import method_variant, parse_methods
+
+    assert method_variant("specguard:verifier=signals+target-judge:tau=0.6:k=2") == \
+        ("specguard", {"verifier": "signals+target-judge", "tau": 0.6, "k": 2})
+    assert method_variant("sd:draft_fixed=true") == ("sd", {"draft_fixed": True})
+    assert parse_methods("target, specguard:tau=0.5,target") == ["target", "specguard:tau=0.5"]
+    for spec, message in (("specguard:nope=1", "bad option"), ("specguard:tau=", "bad option"),
+                          ("magic:tau=1", "unknown method")):
+        with pytest.raises(SpecGuardError, match=message):
+            parse_methods(spec)
+
+
+def test_variants_run_interleaved_as_their_own_rows(tiny_runtime, problems_file, tmp_path):
+    problems = load_problems(str(problems_file), limit=2)
+    methods = ["target", "target:max_step_tokens=4"]
+    run_bench(tiny_runtime, problems, methods, tmp_path, OPTS, {"dataset": "sums"}, progress=False)
+    rows = read_rows(tmp_path)
+    assert [row["method"] for row in rows] == methods * 2
+    short = [row for row in rows if row["method"] == methods[1]]
+    assert all(row["steps"] >= 4 for row in short)  # 16 tokens in steps of at most 4
+    assert "target:max_step_tokens=4" in (tmp_path / "report.md").read_text()

@@ -1,6 +1,7 @@
 """The SpecGuard loop and its signals on the embedded real pair (and the selector / profile on their own)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,3 +102,56 @@ def test_bad_profile_is_a_clear_error(tmp_path, content):
     path.write_text(content)
     with pytest.raises(SpecGuardError, match="bad calibration profile"):
         Profile.load(path)
+
+
+@pytest.fixture(scope="module")
+def probe_files(real_runtime, tmp_path_factory):
+    """Probe files for the real pair on draft + target hidden states whose P(harmful) is ~0 (accept) or ~1."""
+    from specguard_local.probe import Probe
+
+    rt, folder = real_runtime, tmp_path_factory.mktemp("probes")
+    width = rt.model("draft").n_embd + rt.model("target").n_embd
+    paths = {}
+    for name, intercept in (("safe", -20.0), ("harmful", 20.0)):
+        paths[name] = folder / f"{name}.json"
+        Probe("both", [0.0] * width, [1.0] * width, [0.0] * width, intercept, draft=rt.ids["draft"],
+              target=rt.ids["target"]).save(paths[name])
+    return paths
+
+
+def verifier_settings(verifier, probe_files, folder):
+    """Options under which `verifier` accepts every draft step, and options under which it rejects every one."""
+    if verifier == "probe":
+        return {"tau": 0.5, "probe": str(probe_files["safe"])}, {"tau": 0.5, "probe": str(probe_files["harmful"])}
+    if "+" in verifier:  # a combination takes each part's τ from the profile
+        settings = []
+        for name, judge_tau in (("accept", 0.0), ("reject", 1.01)):
+            path = folder / f"{name}.json"
+            replace(default_profile(), taus={"signals": 0.0, "target-judge": judge_tau}).save(path)
+            settings.append({"profile": str(path)})
+        return tuple(settings)
+    return {"tau": 0.0}, {"tau": 1.01}
+
+
+@pytest.mark.parametrize("verifier", ["signals", "target-judge", "probe", "signals+target-judge"])
+def test_always_accept_is_draft_only_and_always_reject_is_target_only(real_runtime, probe_files, verifier, tmp_path):
+    accept, reject = verifier_settings(verifier, probe_files, tmp_path)
+    kept = run(real_runtime, "specguard", verifier=verifier, **accept)
+    assert kept and all(s.source == "draft" and s.verdict == "accepted" for s in kept)
+    assert "".join(s.text for s in kept) == "".join(s.text for s in run(real_runtime, "draft"))
+    if verifier != "signals":
+        assert all(0.0 <= s.scores["judge"] <= 1.0 for s in kept)  # the target read every step
+    rewritten = run(real_runtime, "specguard", verifier=verifier, **reject)
+    assert rewritten and all(s.source == "target" and s.verdict == "rejected" for s in rewritten)
+    assert "".join(s.text for s in rewritten) == "".join(s.text for s in run(real_runtime, "target"))
+
+
+def test_bad_verifier_specs_are_clear_errors(real_runtime, tmp_path):
+    signals_only = tmp_path / "signals.json"
+    replace(default_profile(), taus={"signals": 0.7}).save(signals_only)
+    for spec, message in (("nonsense", "bad --verifier"), ("signals+signals", "bad --verifier"),
+                          ("probe", "no τ for probe")):
+        with pytest.raises(SpecGuardError, match=message):
+            run(real_runtime, "specguard", verifier=spec, profile=str(signals_only))
+    with pytest.raises(SpecGuardError, match="single verifier"):
+        run(real_runtime, "specguard", verifier="signals+target-judge", tau=0.5)

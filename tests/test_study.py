@@ -130,3 +130,44 @@ def test_study_on_tiny_models_writes_rows_and_report(tmp_path):
     assert again.returncode == 0 and len((out / "steps.jsonl").read_text().splitlines()) == 2
     other = subprocess.run(args[:-2] + ["--max-tokens", "32", "--out", str(out)], capture_output=True, text=True)
     assert other.returncode == 2 and "other options" in other.stderr
+    # a random pair never answers right, so there is no harmful step to train a probe on: one clear line
+    probe = subprocess.run(args + ["--train-probe"], capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 2 and probe.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "same label" in probe.stderr
+
+
+def synthetic_study(seed=0, problems=20, steps=6):
+    """Study rows in the shape `study` writes: the judge separates harmful steps, the draft signals do not."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(problems):
+        items = []
+        for i in range(steps):
+            harmful = p % 2 == 0 and i == 2
+            hidden = rng.normal(size=4) + (2.0 if harmful else 0.0)
+            items.append({"step": i, "sampled": False, "label": "harmful" if harmful else "neutral",
+                          "identical": False, "says_same": not harmful, "n_tokens": 10,
+                          "logprob_min": float(rng.uniform(-3, 0)), "grounding_min": float(rng.uniform(0.9, 1)),
+                          "judge": float(rng.uniform(0.1, 0.5) if harmful else rng.uniform(0.4, 1.0)),
+                          "draft_hidden": probes.encode_vector(hidden), "target_hidden": probes.encode_vector(hidden)})
+        rows.append({"problem_id": f"p{p}", "target_correct": p % 2 == 0, "target_s_per_token": 0.05,
+                     "steps": items})
+    return rows
+
+
+def test_thresholds_from_a_study_bound_the_flips_and_pick_the_best_verifier():
+    from specguard_local.calibration import bounds_from_study, thresholds_from_study
+    from specguard_local.signals import Profile
+
+    rows = synthetic_study()
+    steps = [step for row in rows for step in row["steps"]]
+    profile = Profile(**bounds_from_study(steps, 5, 95), draft="a", target="b")
+    taus, best, figures = thresholds_from_study(rows, profile, max_harm=0.0)
+    assert set(taus) == {"signals", "target-judge"} and figures["harmful"] == 10
+    assert all(f["flipped_problems"] == 0 for f in figures["verifiers"].values())
+    assert best == "target-judge"  # it separates the harmful steps, so it can accept more within the bound
+    assert figures["verifiers"]["target-judge"]["accepted"] > figures["verifiers"]["signals"]["accepted"]
+    x, y, groups = probes.study_arrays(rows, "draft")
+    probe = probes.train(x, y, groups, "draft", seed=0)
+    taus, _, figures = thresholds_from_study(rows, profile, max_harm=0.0, probe=probe)
+    assert "probe" in taus and figures["verifiers"]["probe"]["flipped_problems"] == 0

@@ -53,6 +53,13 @@ class Session:
         self.tokens, self.logits = self.tokens + tokens, rows[-1]
         return rows
 
+    def rewind(self, n_keep: int, logits: np.ndarray) -> None:
+        """Forget everything after the first `n_keep` tokens, given the logits that followed them (saved before
+        extending). Cheaper than `sync`, and exact: re-decoding the last kept token in a batch of another shape
+        would give slightly different logits."""
+        self.ctx.truncate(self.seq, n_keep)
+        self.tokens, self.logits = self.tokens[:n_keep], logits
+
     def adopt(self, cand: "Candidate") -> None:
         """Continue from a finished candidate: its sequence now holds tokens + its step."""
         self.seq, self.logits = cand.seq, cand.next_logits

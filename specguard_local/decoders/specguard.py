@@ -1,20 +1,24 @@
-"""SpecGuard (arXiv 2604.15244): step-level verification from the draft's own signals, target only on doubt.
+"""SpecGuard (arXiv 2604.15244): step-level verification, target only on doubt.
 
 Per step, with I = prompt + accepted steps:
   1. the draft samples k candidate steps in one batched decode per token (sequences share I's KV cells);
   2. the self-consistency selector keeps the most representative candidate (k > 1);
-  3. LPBV l = min token log-prob; ABGV g = min token attention grounding on I (rollout over the last 3 layers);
-  4. r = β·l̃ + (1-β)·g̃ after normalising with the pair's calibration profile; accept iff r ≥ τ;
-  5. otherwise the target writes the step (k samples + the same selector), after a lazy catch-up prefill of
-     every step it has not seen yet; the draft then prefills the target's step and drafting resumes.
+  3. a verifier (`verifiers`) scores it: by default the paper's r = β·l̃ + (1-β)·g̃ from the draft's own LPBV
+     (min log-prob) and ABGV (min attention grounding on I); or the target's judge score from one batched prefill
+     of the step; or a hidden-state probe; or an AND of these; accept iff every part's score ≥ its τ;
+  4. otherwise the target writes the step (k samples + the same selector; greedy when k = 1), after a lazy
+     catch-up prefill of every step it has not seen yet; the draft then prefills the target's step.
 
 Choices where the paper is silent: the attention and the hidden states are the *draft's* (the target never runs
-on accepted steps, which is where the speed comes from); normalisation bounds are per-pair percentiles
-(`signals.Profile`); a step's last token ("\\n\\n" or end-of-generation) is scored like any other.
+on accepted steps unless the verifier asks it to, which is where the speed comes from); normalisation bounds are
+per-pair percentiles (`signals.Profile`); a step's last token ("\\n\\n" or end-of-generation) is scored like any
+other. A verifier that reads the step with the target leaves an accepted step in the target's KV cache (no later
+catch-up) and rewinds a rejected one with the logits saved before it (`Session.rewind`).
 
-Early rejection: both scores are minima over tokens, and a token's grounding depends only on the tokens before it,
-so r can only fall as a step grows. Scoring the partial candidates after every token and stopping the draft as soon
-as every candidate's r < τ therefore changes no decision; it only saves drafting a step the target will rewrite.
+Early rejection: both signal scores are minima over tokens, and a token's grounding depends only on the tokens
+before it, so r can only fall as a step grows. Scoring the partial candidates after every token and stopping the
+draft as soon as every candidate's r < τ therefore changes no decision; it only saves drafting a step the target
+will rewrite. It applies to any verifier that includes `signals` (an AND fails when one part fails).
 """
 
 from __future__ import annotations
@@ -84,10 +88,11 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
         with clock(timings, "score"):
             chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
             scores = [grounding.signals(c, profile, opts) for c in cands]
-        step, verdict = cands[chosen], scores[chosen]
+        step, verdict, before_judge = cands[chosen], scores[chosen], None
         if judged and (tau_signals is None or verdict["r"] >= tau_signals):
             with clock(timings, "target_prefill"):
                 target.sync(tokens)
+            before_judge = target.logits
             with clock(timings, "judge"):
                 judge, target_hidden = read_step(target, step.tokens)
                 verdict.update(judge)
@@ -100,8 +105,10 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             draft.adopt(step)
             grounding.absorb(step)  # a judged step is in the target's KV cache already
         else:
+            if before_judge is not None:
+                target.rewind(len(tokens), before_judge)  # drop the judged draft step
             with clock(timings, "target_prefill"):
-                target.sync(tokens)  # catches up on unseen steps; drops a judged draft step
+                target.sync(tokens)  # catches up on the steps it has not seen
             with clock(timings, "target"):
                 target_cands = sample_steps(target, opts.k, opts.sampling, rng, budget, target.ctx.hook)
                 step = target_cands[select(np.stack([c.embedding for c in target_cands])) if opts.k > 1 else 0]
