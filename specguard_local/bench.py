@@ -81,14 +81,7 @@ def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir:
     """Solve every problem with every method (interleaved per problem), appending one row per solve to
     out_dir/rows.jsonl and skipping the pairs already there; write meta.json, report.md and the plot.
     `meta["dataset"]` is stored in each row. Returns the rows path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows_path = out_dir / ROWS_FILE
-    rows = read_rows(rows_path)
-    meta = run_meta(rt, opts, meta)
-    if rows:
-        check_same_setup(out_dir / META_FILE, meta)
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    rows_path, rows, meta = open_run(rt, Path(out_dir) / ROWS_FILE, opts, meta)
     done = {(row["method"], row["problem_id"]) for row in rows}
     todo = [(problem, method) for problem in problems for method in methods if (method, problem.id) not in done]
     try:
@@ -106,6 +99,18 @@ def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir:
         if rows:
             write_report(rows, out_dir, f"specguard-local bench: {meta.get('dataset')}", readable(meta))
     return rows_path
+
+
+def open_run(rt: Runtime, rows_path: Path, opts, meta: dict) -> tuple[Path, list[dict], dict]:
+    """Start or resume a run whose rows go to `rows_path`: (rows_path, the rows already there, the run's meta).
+    A run with rows may only go on with the same dataset, models and options (`opts`, any options dataclass)."""
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(rows_path)
+    meta = run_meta(rt, opts, meta)
+    if rows:
+        check_same_setup(rows_path.parent / META_FILE, meta, type(opts))
+    (rows_path.parent / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return rows_path, rows, meta
 
 
 def read_rows(path: Path) -> list[dict]:

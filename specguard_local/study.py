@@ -20,7 +20,6 @@ rollout. Rows are one JSON line per finished problem (resumable, like `bench`).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .attention import PrefixMass, extend_prefix
-from .bench import append_row, check_same_setup, read_rows, run_meta, META_FILE
+from .bench import append_row, open_run, read_rows
 from .datasets import Problem
 from .decoders.base import Candidate, Session, sample_steps
 from .decoders.verifiers import draft_signals, read_step
@@ -172,14 +171,7 @@ def label_step(rt: Runtime, walk: Walk, index: int, context: list[int], cand: Ca
 def run_study(rt: Runtime, problems: list[Problem], out_dir: Path, opts: StudyOptions, meta: dict,
               progress: bool = True) -> list[dict]:
     """Study every problem not yet in out_dir/steps.jsonl (one line per finished problem); return all rows."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows_path = out_dir / ROWS_FILE
-    rows = read_rows(rows_path)
-    meta = run_meta(rt, opts, meta)
-    if rows:
-        check_same_setup(out_dir / META_FILE, meta, StudyOptions)
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    rows_path, rows, _ = open_run(rt, Path(out_dir) / ROWS_FILE, opts, meta)
     done = {row["problem_id"] for row in rows}
     todo = [problem for problem in problems if problem.id not in done]
     with rows_path.open("a", encoding="utf-8") as rows_file, \
