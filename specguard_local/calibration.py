@@ -20,7 +20,7 @@ from .api import stream
 from .datasets import load_problems
 from .decoders.options import Options
 from .errors import SpecGuardError
-from .signals import Profile, decision_score
+from .signals import Profile, decision_score, pair_profile
 
 
 def calibrate(rt, dataset: str, offset: int, limit: int, max_tokens: int, low: float, high: float, layers: int,
@@ -91,3 +91,15 @@ def thresholds_from_study(problems: list[dict], profile: Profile, max_harm: floa
     taus = {name: figure["tau"] for name, figure in figures.items()}
     return taus, best, {"max_harm": max_harm, "problems": counts["problems"], "steps": len(steps),
                         "harmful": int(harmful.sum()), "verifiers": figures}
+
+
+def study_profile(problems: list[dict], path: str | None, draft: str, target: str) -> Profile:
+    """The profile r is computed under: the one given or shipped for this pair, else bounds from the study's own
+    draft steps (5th / 95th percentiles, as `calibrate` takes them)."""
+    try:
+        return pair_profile(path, draft, target)
+    except SpecGuardError:
+        if path:
+            raise
+        steps = [step for row in problems for step in row["steps"]]
+        return Profile(**bounds_from_study(steps, 5.0, 95.0), draft=draft, target=target)

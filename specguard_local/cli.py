@@ -314,7 +314,8 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
     """
     from .datasets import load_problems
     from .study import StudyOptions, run_study
-    from .study_report import study_profile, write_study_report
+    from .calibration import study_profile
+    from .study_report import write_study_report
 
     if k < 1 or max_tokens < 1:
         raise SpecGuardError("--k and --max-tokens must be at least 1")

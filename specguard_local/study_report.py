@@ -19,9 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import probe as probes
-from .calibration import bounds_from_study
-from .errors import SpecGuardError
-from .signals import Profile, decision_score, pair_profile
+from .signals import Profile, decision_score
 
 N_BOOTSTRAP = 1000
 # signal key, label, +1 when a higher value means a safer step (-1 when riskier), cost keys it needs
@@ -89,18 +87,6 @@ def study_table(problems: list[dict]) -> tuple[list[dict], dict]:
               "neutral": labels.count("neutral"), "identical": sum(s["identical"] for s in steps),
               "says_same": sum(s["says_same"] for s in steps)}
     return steps, counts
-
-
-def study_profile(problems: list[dict], path: str | None, draft: str, target: str) -> Profile:
-    """The profile r is computed under: the one given or shipped for this pair, else bounds from the study's own
-    draft steps (5th / 95th percentiles, as `calibrate` takes them)."""
-    try:
-        return pair_profile(path, draft, target)
-    except SpecGuardError:
-        if path:
-            raise
-        steps = [step for row in problems for step in row["steps"]]
-        return Profile(**bounds_from_study(steps, 5.0, 95.0), draft=draft, target=target)
 
 
 def signal_risks(steps: list[dict], profile: Profile, seed: int = 0) -> dict[str, tuple[str, np.ndarray, tuple]]:
