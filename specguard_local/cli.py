@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import models
+from . import cancel, models
 from .errors import SpecGuardError
 
 EPILOG = """\b
@@ -29,7 +29,8 @@ def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with cancel.on_sigint():  # Ctrl-C never raises inside a llama.cpp callback (see `cancel`)
+                return fn(*args, **kwargs)
         except SpecGuardError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

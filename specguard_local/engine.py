@@ -18,6 +18,7 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
+from . import cancel
 from .errors import ModelError, SpecGuardError
 
 _LOG_CALLBACK = None
@@ -155,7 +156,8 @@ class Context:
                 if outputs[j]:
                     out_idx.append(i)
             batch.n_tokens = end - start
-            rc = ll.llama_decode(self.ptr, batch)
+            with cancel.decoding():  # a Ctrl-C meanwhile raises KeyboardInterrupt here, after the call
+                rc = ll.llama_decode(self.ptr, batch)
             if rc != 0:
                 raise SpecGuardError(f"llama_decode failed ({rc}) on {self.model.name}: the context "
                                      f"({self.n_ctx_seq} tokens per sequence) is probably full")

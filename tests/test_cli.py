@@ -120,3 +120,25 @@ def test_profile_for_another_pair_is_refused(tmp_path):
     out = tmp_path / "other.json"
     Profile(logprob_lo=-2, logprob_hi=0, grounding_lo=0.9, grounding_hi=1.0, draft="x", target="y").save(out)
     assert_clean_error(cli("solve", "--profile", str(out), "hi"), "calibration profile")
+
+
+def test_one_sigint_stops_a_default_solve_mid_draft():
+    """Ctrl-C while SpecGuard drafts (inside llama.cpp, attention callback running) ends the run: exit 130, one
+    line, no traceback and no ignored exception from a ctypes callback."""
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "specguard_local.cli", "solve", NATALIA],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first_step = process.stdout.readline()  # the first step is out: the draft is writing the second
+    assert first_step.startswith("[1 ")
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=5)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert stderr.strip() == "interrupted"
