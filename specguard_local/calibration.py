@@ -82,7 +82,7 @@ def thresholds_from_study(problems: list[dict], profile: Profile, max_harm: floa
     safe = {"signals": np.array([decision_score(s["logprob_min"], s["grounding_min"], profile)[2] for s in steps]),
             "target-judge": np.array([s["judge"] for s in steps])}
     if probe is not None:
-        features, labels, _ = probes.study_arrays(problems, probe.features)
+        features, labels, _ = probes.study_arrays(problems, probe.features, probe.training.get("label", "harmful"))
         safe["probe"] = 1.0 - probes.cross_validated(features, labels, groups, seed)
     figures = {name: risk_threshold(score, harmful, groups, counts["problems"], max_harm)
                for name, score in safe.items()}

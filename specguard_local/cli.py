@@ -294,8 +294,9 @@ def calibrate(dataset, offset, limit, max_tokens, low, high, layers, study_dir, 
               help="Calibration profile the report computes r under [default: the pair's shipped one, else bounds "
                    "from the study's own steps].")
 @click.option("--train-probe", is_flag=True,
-              help="Then train the hidden-state probe on the labels (draft, target and both hidden states, grouped "
-                   "cross-validation by problem) and write the best as OUT/probe.json for `solve --probe`.")
+              help="Then train hidden-state probes (draft, target or both hidden states; for the harmful or the "
+                   "differs-from-target label; grouped cross-validation by problem) and write the one whose "
+                   "out-of-fold scores best find harmful steps as OUT/probe.json for `solve --probe`.")
 @model_options
 @friendly_errors
 def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, seed, profile, train_probe, draft,
@@ -340,13 +341,22 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 
         trained = []
         for kind in probes.FEATURES:
-            x, y, groups = probes.study_arrays(rows, kind)
-            trained.append(probes.train(x, y, groups, kind, seed, study=str(out), dataset=dataset))
-            click.echo(f"probe on {kind} hidden states: grouped CV AUROC {trained[-1].training['cv_auroc']:.3f} "
-                       f"({trained[-1].training['positives']} harmful of {trained[-1].training['steps']} steps)")
-        best = max(trained, key=lambda p: (np.nan_to_num(p.training["cv_auroc"]), -probes.FEATURES.index(p.features)))
+            x, harmful, groups = probes.study_arrays(rows, kind, "harmful")
+            if not harmful.any():
+                raise SpecGuardError("the study has no harmful step to train or judge a probe on; study more "
+                                     "problems (--limit)")
+            for label in probes.LABELS:
+                y = harmful if label == "harmful" else probes.study_arrays(rows, kind, label)[1]
+                probe = probes.train(x, y, groups, kind, seed, label=label, harmful=harmful, study=str(out),
+                                     dataset=dataset)
+                trained.append(probe)
+                click.echo(f"probe on {kind} hidden states, trained for '{label}' ({probe.training['positives']} of "
+                           f"{probe.training['steps']} steps): out-of-fold AUROC for harmful "
+                           f"{probe.training['cv_auroc_harmful']:.3f}")
+        best = max(trained, key=lambda p: np.nan_to_num(p.training["cv_auroc_harmful"]))
         replace(best, draft=ids["draft"], target=ids["target"]).save(Path(out) / "probe.json")
-        click.echo(f"wrote {Path(out) / 'probe.json'} ({best.features} hidden states)")
+        click.echo(f"wrote {Path(out) / 'probe.json'} ({best.features} hidden states, trained for "
+                   f"'{best.training['label']}')")
 
 
 @main.command(epilog=EPILOG)

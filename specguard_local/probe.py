@@ -1,9 +1,11 @@
 """Hidden-state probe verifier (SemanticSpec, arXiv 2602.03708, adapted to outcome labels).
 
 SemanticSpec trains probes on the mean final hidden state of a step to predict whether the step means what the
-target would say. We train on the study's outcome labels instead: P(harmful | mean hidden state of the draft step),
-from the draft's own hidden states ("draft", captured while drafting), the target's at the same tokens ("target",
-from the judge's prefill), or both concatenated.
+target would say. We train on the study's labels: `harmful` (the outcome label: P(harmful | mean hidden state)) or
+`differs` (the step states other numbers or operators than the target's own step: SemanticSpec's question, with a
+label far less rare), from the draft's own hidden states ("draft", captured while drafting), the target's at the
+same tokens ("target", from the judge's prefill), or both concatenated. Whatever the training label, a probe is
+judged by how well its out-of-fold scores find harmful steps, and its τ is chosen for harm (`calibration`).
 
 Model: standardisation + L2 logistic regression with balanced class weights (harmful steps are rare), its inverse
 regularisation C chosen by cross-validation. Steps of one problem are correlated, so every split is grouped by
@@ -89,14 +91,23 @@ def step_features(step: dict, kind: str) -> np.ndarray | None:
     return None if any(v is None for v in vectors) else np.concatenate(vectors)
 
 
-def study_arrays(problems: list[dict], kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, harmful 0/1, problem ids) of the greedy draft steps of a study's problem rows, in order."""
+LABELS = ("harmful", "differs")
+
+
+def step_label(step: dict, label: str) -> bool:
+    """A study step's training label: `harmful` (the outcome label) or `differs` (it states other numbers or
+    operators than the target's own step: the cheap label, far less rare, closer to SemanticSpec's)."""
+    return step["label"] == "harmful" if label == "harmful" else not step["says_same"]
+
+
+def study_arrays(problems: list[dict], kind: str, label: str = "harmful") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, label 0/1, problem ids) of the greedy draft steps of a study's problem rows, in order."""
     steps = [{**step, "problem_id": row["problem_id"]} for row in problems for step in row["steps"]
              if not step.get("sampled")]
     features = [step_features(step, kind) for step in steps]
     if not steps or any(f is None for f in features):
         raise SpecGuardError(f"the study has no {kind} hidden states for every step; rerun `specguard-local study`")
-    return (np.stack(features), np.array([step["label"] == "harmful" for step in steps], int),
+    return (np.stack(features), np.array([step_label(step, label) for step in steps], int),
             np.array([step["problem_id"] for step in steps]))
 
 
@@ -159,17 +170,19 @@ def cross_validated(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int 
 
 
 def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, features: str, seed: int = 0, n_folds: int = 5,
-          **training) -> Probe:
-    """Fit the probe on every step (C chosen by grouped CV) and record how it was trained and how it validated."""
+          label: str = "harmful", harmful: np.ndarray | None = None, **training) -> Probe:
+    """Fit the probe on every step for `label` (C chosen by grouped CV) and record how it was trained and how well
+    its out-of-fold scores find harmful steps (`harmful`, default: y itself)."""
     if y.min() == y.max():
         raise SpecGuardError(f"all {len(y)} labelled steps have the same label; study more problems before training "
                              f"a probe")
+    harmful = y if harmful is None else harmful
     oof = cross_validated(x, y, groups, seed, n_folds)
     c = choose_c(x, y, groups, seed, n_folds)
     fitted = _pipeline(c, seed).fit(x, y)
     scaler, model = fitted[0], fitted[-1]
     return Probe(features=features, mean=scaler.mean_.tolist(), scale=scaler.scale_.tolist(),
                  coef=model.coef_[0].tolist(), intercept=float(model.intercept_[0]),
-                 training={"label": "harmful", "steps": int(len(y)), "positives": int(y.sum()),
-                           "problems": int(len(np.unique(groups))), "C": c, "seed": seed, "folds": n_folds,
-                           "cv_auroc": _auroc(y, oof), **training})
+                 training={"label": label, "steps": int(len(y)), "positives": int(y.sum()),
+                           "harmful": int(harmful.sum()), "problems": int(len(np.unique(groups))), "C": c,
+                           "seed": seed, "folds": n_folds, "cv_auroc_harmful": _auroc(harmful, oof), **training})

@@ -97,13 +97,16 @@ def signal_risks(steps: list[dict], profile: Profile, seed: int = 0) -> dict[str
     harmful = np.array([s["label"] == "harmful" for s in steps])
     groups = np.array([s["problem_id"] for s in steps])
     if 0 < harmful.sum() < len(harmful) and len(np.unique(groups[harmful])) >= 2:
+        differs = np.array([probes.step_label(s, "differs") for s in steps])
         for kind in probes.FEATURES:
             features = [probes.step_features(s, kind) for s in steps]
             if any(f is None for f in features):
                 continue
-            oof = probes.cross_validated(np.stack(features), harmful.astype(int), groups, seed)
             costs = ("judge",) if kind != "draft" else ()
-            risks[f"probe_{kind}"] = (f"probe on {kind} hidden states (out-of-fold)", oof, costs)
+            for label, y in (("harmful", harmful), ("differs", differs)):
+                oof = probes.cross_validated(np.stack(features), y.astype(int), groups, seed)
+                risks[f"probe_{kind}_{label}"] = (f"probe on {kind} hidden states, trained for '{label}' "
+                                                  f"(out-of-fold)", oof, costs)
     return risks
 
 

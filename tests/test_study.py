@@ -41,7 +41,7 @@ def test_probe_training_is_reproducible_and_learns_the_signal(tmp_path):
     a = probes.train(x, y, groups, "draft", seed=3)
     b = probes.train(x, y, groups, "draft", seed=3)
     assert a == b
-    assert a.training["cv_auroc"] > 0.8 and a.training["problems"] == 12
+    assert a.training["cv_auroc_harmful"] > 0.8 and a.training["problems"] == 12
     assert np.argmax(np.abs(a.coef)) == 0  # the informative feature
     path = tmp_path / "probe.json"
     a.save(path)
@@ -133,7 +133,7 @@ def test_study_on_tiny_models_writes_rows_and_report(tmp_path):
     # a random pair never answers right, so there is no harmful step to train a probe on: one clear line
     probe = subprocess.run(args + ["--train-probe"], capture_output=True, text=True, timeout=600)
     assert probe.returncode == 2 and probe.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "same label" in probe.stderr
+    assert "no harmful step" in probe.stderr
 
 
 def synthetic_study(seed=0, problems=20, steps=6):
