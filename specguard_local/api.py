@@ -40,7 +40,9 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
              # token-level SD: the draft length it chose and the proposals accepted per drafting round
              "draft_len_mean": steps[-1].scores.get("draft_len_mean") if steps else None,
              "accepted_len_mean": steps[-1].scores.get("accepted_len_mean") if steps else None,
-             "timings": timings}
+             "timings": timings,
+             # step-level speculation: what the cost-aware controller measured and chose (decoders/controller.py)
+             "control": steps[-1].control if steps and steps[-1].control else None}
     return Result(question=question, method=method, text=text, answer=extract_answer(text), steps=steps,
                   stats=stats)
 

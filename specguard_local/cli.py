@@ -98,6 +98,9 @@ def main():
                                                       "[default: the profile's τ for the verifier].")
 @click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
               help="Probe file for --verifier probe (from `study --train-probe`) [default: the shipped one].")
+@click.option("--no-adapt", is_flag=True,
+              help="specguard: always draft (the paper's behaviour). By default drafting stops for the rest of an "
+                   "answer once it is measured to cost more per token than the target alone on this machine.")
 @click.option("--no-grounding", is_flag=True, help="Ablation: decide on the log-prob score alone.")
 @click.option("--no-logprob", is_flag=True, help="Ablation: decide on the attention grounding score alone.")
 @click.option("--layers", default=3, show_default=True,
@@ -117,14 +120,15 @@ def main():
               help="Append one JSON line per step (all candidates, raw and normalised scores, decision, timings).")
 @friendly_errors
 def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_layers, max_tokens, max_step_tokens, k,
-          temperature, top_p, seed, beta, verifier, tau, probe_path, no_grounding, no_logprob, layers, draft_max,
-          draft_fixed, lam, delta, profile, as_json, trace):
+          temperature, top_p, seed, beta, verifier, tau, probe_path, no_adapt, no_grounding, no_logprob, layers,
+          draft_max, draft_fixed, lam, delta, profile, as_json, trace):
     """Solve QUESTION step by step and print the final \\boxed{} answer with statistics."""
     from .api import stream, summarize
     from .decoders.options import Options
 
     opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
-                   seed=seed, beta=beta, tau=tau, verifier=verifier, probe=probe_path, use_logprob=not no_logprob,
+                   seed=seed, beta=beta, tau=tau, verifier=verifier, probe=probe_path, adapt=not no_adapt,
+                   use_logprob=not no_logprob,
                    use_grounding=not no_grounding,
                    layers=layers, draft_max=draft_max, draft_fixed=draft_fixed, lam=lam, delta=delta, profile=profile)
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
@@ -174,6 +178,9 @@ def stats_line(stats: dict) -> str:
     elif stats["acceptance_rate"] is not None:
         parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
                   f"target called on {stats['target_call_fraction']:.0%} of steps"]
+    control = stats.get("control")
+    if control and control["adapt"] and control["reason"]:
+        parts.append(("kept drafting: " if control["speculating"] else "stopped drafting: ") + control["reason"])
     split = ", ".join(f"{name.replace('_', ' ')} {seconds:.2f}s" for name, seconds in stats["timings"].items())
     return " · ".join(parts) + (f" · time: {split}" if split else "")
 
@@ -373,6 +380,7 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 @click.option("--max-tokens", default=512, show_default=True, help="Token budget per answer.")
 @click.option("--k", default=1, show_default=True, help="Candidate steps per step (see `solve --help`).")
 @click.option("--verifier", default=None, help="specguard's verifier (see `solve --help`) [default: the profile's].")
+@click.option("--no-adapt", is_flag=True, help="specguard: always draft (see `solve --help`).")
 @click.option("--tau", type=float, default=None, help="The verifier's threshold [default: the profile's].")
 @click.option("--beta", type=float, default=None, help="Weight of the log-prob score in r [default: the profile's].")
 @click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
@@ -381,8 +389,8 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
               help="Calibration profile [default: the shipped one for the default pair].")
 @model_options
 @friendly_errors
-def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, tau, beta, probe_path, profile, draft,
-          target, models_dir, n_ctx, threads, n_gpu_layers):
+def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, no_adapt, tau, beta, probe_path, profile,
+          draft, target, models_dir, n_ctx, threads, n_gpu_layers):
     """Benchmark methods on a math test set: accuracy and speed, one solve per (problem, method).
 
     Measured per solve: whether the final \\boxed{} answer equals the reference (95% Wilson interval per method),
@@ -411,8 +419,8 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, t
     problems = load_problems(dataset, limit=offset + limit)[offset:]
     if not problems:
         raise SpecGuardError(f"{dataset} has no problems from --offset {offset}")
-    opts = Options(max_tokens=max_tokens, k=k, seed=seed, verifier=verifier, tau=tau, beta=beta, probe=probe_path,
-                   profile=profile)
+    opts = Options(max_tokens=max_tokens, k=k, seed=seed, verifier=verifier, adapt=not no_adapt, tau=tau, beta=beta,
+                   probe=probe_path, profile=profile)
     meta = {"dataset": dataset, "methods": method_names, "offset": offset, "limit": limit}
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         rows_path = run_bench(rt, problems, method_names, Path(out), opts, meta)

@@ -19,6 +19,7 @@ class Step:
     candidates: list[dict] = field(default_factory=list)
     chosen: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    control: dict = field(default_factory=dict)  # cost-aware speculation: what it measured and chose so far
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,7 @@ class Options:
     tau: float | None = None        # None: the profile's τ for the verifier
     verifier: str | None = None     # signals, target-judge, probe or a '+' combination; None: the profile's choice
     probe: str | None = None        # probe file for the probe verifier; None: the shipped one for the pair
+    adapt: bool = True              # specguard: stop drafting when it is measured not to pay (decoders/controller)
     use_logprob: bool = True
     use_grounding: bool = True
     layers: int = 3                 # attention rollout depth (last N layers)

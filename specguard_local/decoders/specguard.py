@@ -36,6 +36,7 @@ from ..events import Step
 from ..probe import Probe, default_probe_path
 from ..signals import Profile, pair_profile, select
 from .base import Candidate, Session, finished, sample_steps
+from .controller import Controller
 from .options import Options
 from .verifiers import draft_signals, parse_verifier, read_step, with_decision
 
@@ -74,7 +75,7 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                        hidden=opts.k > 1 or (probe is not None and probe.features != "target"))
     target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1 or (probe is not None and probe.features != "draft"))
     judged = "target-judge" in verifier.parts or (probe is not None and probe.features != "draft")
-    rng, timings = np.random.default_rng(opts.seed), {}
+    rng, timings, control = np.random.default_rng(opts.seed), {}, Controller(enabled=opts.adapt)
     tau_signals = dict(zip(verifier.parts, verifier.taus)).get("signals")
     with clock(timings, "draft_prefill"):
         draft.sync(prompt)
@@ -83,54 +84,80 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     tokens, index = list(prompt), 0
     while True:
         budget = min(opts.max_step_tokens, opts.max_tokens - (len(tokens) - len(prompt)))
-        with clock(timings, "draft"):
-            cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, grounding.capture, hopeless)
-        with clock(timings, "score"):
-            chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
-            scores = [grounding.signals(c, profile, opts) for c in cands]
-        step, verdict, before_judge = cands[chosen], scores[chosen], None
-        if judged and (tau_signals is None or verdict["r"] >= tau_signals):
+        start, cands, scores, chosen = time.perf_counter(), [], [{}], 0
+        if not control.speculate():  # the controller found that drafting does not pay here: the target alone
             with clock(timings, "target_prefill"):
-                target.sync(tokens)
-            before_judge = target.logits
-            with clock(timings, "judge"):
-                judge, target_hidden = read_step(target, step.tokens)
-                verdict.update(judge)
-                if probe is not None:
-                    verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, target_hidden))
-        elif probe is not None:
-            verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, None))
-        if verifier.accepts(verdict):
-            source, verdict_name = "draft", "accepted"
-            draft.adopt(step)
-            grounding.absorb(step)  # a judged step is in the target's KV cache already
-        else:
-            if before_judge is not None:
-                target.rewind(len(tokens), before_judge)  # drop the judged draft step
-            with clock(timings, "target_prefill"):
-                target.sync(tokens)  # catches up on the steps it has not seen
+                caught_up = target.sync(tokens)
             with clock(timings, "target"):
-                target_cands = sample_steps(target, opts.k, opts.sampling, rng, budget, target.ctx.hook)
-                step = target_cands[select(np.stack([c.embedding for c in target_cands])) if opts.k > 1 else 0]
-                target.adopt(step)
-            with clock(timings, "draft_sync"):
-                draft.sync(tokens + step.tokens)
-                grounding.absorb_prefill()
-            source, verdict_name = "target", "rejected"
+                step = write_step(target, opts, rng, budget)
+            control.record_target(timings["target"], len(step.tokens), timings["target_prefill"], caught_up)
+            source, verdict_name = "target", "generated"
+        else:
+            if len(draft.tokens) != len(tokens):  # after target-only steps the draft catches up first
+                with clock(timings, "draft_sync"):
+                    draft.sync(tokens)
+                    grounding.absorb_prefill()
+            draft_sync_s, caught_up, before_judge = timings.get("draft_sync", 0.0), 0, None
+            with clock(timings, "draft"):
+                cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, grounding.capture, hopeless)
+            with clock(timings, "score"):
+                chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
+                scores = [grounding.signals(c, profile, opts) for c in cands]
+            step, verdict = cands[chosen], scores[chosen]
+            if judged and (tau_signals is None or verdict["r"] >= tau_signals):
+                with clock(timings, "target_prefill"):
+                    caught_up += target.sync(tokens)
+                before_judge = target.logits
+                with clock(timings, "judge"):
+                    judge, target_hidden = read_step(target, step.tokens)
+                    verdict.update(judge)
+                    if probe is not None:
+                        verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, target_hidden))
+            elif probe is not None:
+                verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, None))
+            accepted = verifier.accepts(verdict)
+            if accepted:
+                source, verdict_name = "draft", "accepted"
+                draft.adopt(step)
+                grounding.absorb(step)  # a judged step is in the target's KV cache already
+            else:
+                if before_judge is not None:
+                    target.rewind(len(tokens), before_judge)  # drop the judged draft step
+                with clock(timings, "target_prefill"):
+                    caught_up += target.sync(tokens)  # catches up on the steps it has not seen
+                with clock(timings, "target"):
+                    step = write_step(target, opts, rng, budget)
+                with clock(timings, "draft_sync"):
+                    draft.sync(tokens + step.tokens)
+                    grounding.absorb_prefill()
+                source, verdict_name = "target", "rejected"
+            control.record_speculative(time.perf_counter() - start, len(step.tokens), accepted,
+                                       before_judge is not None, 0.0 if accepted else timings["target"],
+                                       0 if accepted else len(step.tokens), timings.get("target_prefill", 0.0),
+                                       caught_up, draft_sync_s)
         tokens += step.tokens
         yield Step(index=index, text=draft.ctx.model.detokenize(step.tokens), tokens=step.tokens, source=source,
-                   verdict=verdict_name, stop=step.stop, scores=verdict, chosen=chosen, timings=timings,
+                   verdict=verdict_name, stop=step.stop, scores=scores[chosen], chosen=chosen, timings=timings,
                    candidates=[dict(text=draft.ctx.model.detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop,
-                                    **s) for c, s in zip(cands, scores)])
+                                    **s) for c, s in zip(cands, scores)], control=control.report())
         index, timings = index + 1, {}
         if finished(step.stop, len(tokens) - len(prompt), len(tokens), opts, draft.ctx.n_ctx_seq):
             return
 
 
+def write_step(target: Session, opts: Options, rng: np.random.Generator, budget: int) -> Candidate:
+    """The target writes the next step itself (k samples and the selector's choice; greedy when k = 1)."""
+    cands = sample_steps(target, opts.k, opts.sampling, rng, budget, target.ctx.hook)
+    step = cands[select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0]
+    target.adopt(step)
+    return step
+
+
 def rsd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     """Reward-guided SD (RSD), step level: SpecGuard with the target-judge verifier at τ = δ. RSD's judge is a
-    process reward model; we ship none, so the judge is the target's own geometric-mean probability of the step."""
-    return specguard(rt, prompt, replace(opts, verifier="target-judge", tau=opts.delta))
+    process reward model; we ship none, so the judge is the target's own geometric-mean probability of the step.
+    As a baseline it runs as published, without the cost-aware controller."""
+    return specguard(rt, prompt, replace(opts, verifier="target-judge", tau=opts.delta, adapt=False))
 
 
 def probe_features(probe: Probe, step: Candidate, target_hidden: np.ndarray | None) -> np.ndarray:

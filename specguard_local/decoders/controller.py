@@ -1,0 +1,116 @@
+"""Cost-aware control of step-level speculation: keep drafting only while it pays on this device, for this pair.
+
+Measured per answer, online:
+    S = seconds per emitted token over the speculative steps (drafting, verifying, the target's rewrites of
+        rejected steps, the draft's re-prefills), plus the catch-up the target still owes for accepted steps
+        (pending tokens × its measured prefill seconds per token);
+    T = seconds per token of the target writing a step itself (measured on every step the target writes).
+Speculation is predicted to lose when S > T, once at least `MIN_STEPS` speculative steps and one target-written step
+are measured; when every drafted step so far was kept, the target writes the next step alone to measure T (what the
+baseline would have done anyway). Once S > T the answer continues with target-only steps.
+Every `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first prefills what
+the target wrote meanwhile; that one-off catch-up is not counted in S); once a probe leaves S > T, the answer
+finishes target-only, as `sd` does with its token-level probes.
+
+On a 2-core CPU with the default pair a draft token costs about half a target token and the target's catch-up
+prefill about a third, so at the acceptance rates measured there S > T and the controller settles on the target;
+with a target several times the draft's cost S < T at far lower acceptance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_STEPS = 2
+PROBE_EVERY = 8
+PROBES_LOST = 1
+
+
+@dataclass
+class Controller:
+    enabled: bool = True
+    spec_s: float = 0.0          # wall seconds of speculative steps (probe catch-ups excluded)
+    spec_tokens: int = 0
+    spec_steps: int = 0
+    target_s: float = 0.0        # seconds the target spent writing steps itself
+    target_tokens: int = 0
+    prefill_s: float = 0.0       # seconds the target spent catching up on accepted draft steps
+    prefill_tokens: int = 0
+    pending: int = 0             # accepted draft tokens the target has not read yet
+    speculating: bool = True
+    referenced: bool = False     # the target wrote one step to measure T (every drafted step had been kept)
+    probing: bool = False
+    since_probe: int = 0
+    probes_lost: int = 0
+    reason: str = ""
+
+    @property
+    def per_token(self) -> tuple[float | None, float | None]:
+        """(S, T) in seconds per emitted token; None where not measured yet."""
+        prefill = self.prefill_s / self.prefill_tokens if self.prefill_tokens else 0.0
+        s = (self.spec_s + self.pending * prefill) / self.spec_tokens if self.spec_tokens else None
+        t = self.target_s / self.target_tokens if self.target_tokens else None
+        return s, t
+
+    def speculate(self) -> bool:
+        """Whether the next step is drafted (speculative or a probe) rather than written by the target alone."""
+        if not self.enabled:
+            return True
+        if self.speculating:
+            if self.target_tokens == 0 and self.spec_steps >= MIN_STEPS and not self.referenced:
+                self.referenced = True  # every step so far was kept: one step by the target alone measures T
+                return False
+            return True
+        if self.probes_lost >= PROBES_LOST:
+            return False
+        self.since_probe += 1
+        if self.since_probe < PROBE_EVERY:
+            return False
+        self.since_probe, self.speculating, self.probing = 0, True, True  # decided again right after the probe
+        return True
+
+    def record_speculative(self, seconds: float, tokens: int, accepted: bool, judged: bool,
+                           target_s: float, target_tokens: int, catch_up_s: float, caught_up: int,
+                           draft_sync_s: float) -> None:
+        """Fold in one drafted step: its wall time, tokens emitted, whether it was kept (and whether the target read
+        it already), the target's rewrite (if rejected), its catch-up prefill, and the draft's one-off catch-up on
+        steps the target wrote alone (not counted in S)."""
+        was_probe, self.probing = self.probing, False
+        self.spec_s += seconds - draft_sync_s
+        self.spec_tokens += tokens
+        self.spec_steps += 1
+        self.target_s, self.target_tokens = self.target_s + target_s, self.target_tokens + target_tokens
+        if caught_up:
+            self.prefill_s, self.prefill_tokens = self.prefill_s + catch_up_s, self.prefill_tokens + caught_up
+            self.pending = 0
+        if accepted and not judged:
+            self.pending += tokens
+        self._decide(was_probe)
+
+    def record_target(self, target_s: float, tokens: int, catch_up_s: float, caught_up: int) -> None:
+        """Fold in one step the target wrote alone (after catching up on `caught_up` pending tokens)."""
+        self.target_s, self.target_tokens = self.target_s + target_s, self.target_tokens + tokens
+        if caught_up:
+            self.prefill_s, self.prefill_tokens = self.prefill_s + catch_up_s, self.prefill_tokens + caught_up
+            self.pending = 0
+        if self.speculating:  # the measuring step: now S and T can be compared
+            self._decide(False)
+
+    def _decide(self, was_probe: bool) -> None:
+        s, t = self.per_token
+        if not self.enabled or t is None or self.spec_steps < MIN_STEPS:
+            return
+        loses = s > t
+        if was_probe:
+            self.probes_lost = self.probes_lost + 1 if loses else 0
+        if loses:
+            self.speculating = False
+            self.reason = f"speculation {s * 1000:.1f} ms/token > target alone {t * 1000:.1f} ms/token"
+        else:
+            self.reason = f"speculation {s * 1000:.1f} ms/token <= target alone {t * 1000:.1f} ms/token"
+
+    def report(self) -> dict:
+        """What the controller measured and chose, for the step event and the run's statistics."""
+        s, t = self.per_token
+        return {"adapt": self.enabled, "speculating": self.speculating, "spec_ms_per_token": None if s is None else
+                s * 1000, "target_ms_per_token": None if t is None else t * 1000, "reason": self.reason}

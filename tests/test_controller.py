@@ -1,0 +1,67 @@
+"""The cost-aware controller of SpecGuard: its choice (not a time) where drafting clearly pays and where it clearly
+does not, on real llama.cpp with tiny random models (a 4-layer draft against a 96-layer target)."""
+
+import pytest
+
+from specguard_local import api
+from specguard_local.decoders.controller import PROBE_EVERY, Controller
+from specguard_local.decoders.options import Options
+from specguard_local.runtime import Runtime, RuntimeConfig
+from specguard_local.signals import Profile
+from tiny_gguf import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def cheap_draft(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("controller")
+    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4)
+    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=96)
+    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
+        profile = folder / "profile.json"
+        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, draft=rt.ids["draft"],
+                target=rt.ids["target"]).save(profile)
+        yield rt, str(profile)
+
+
+def solve(pair, **options):
+    rt, profile = pair
+    opts = Options(max_tokens=96, max_step_tokens=8, profile=profile, **options)
+    return list(api.stream(rt, "Tell me a long story about numbers.", "specguard", opts))  # 12 steps, no eos
+
+
+def test_drafting_that_pays_goes_on(cheap_draft):
+    steps = solve(cheap_draft, tau=0.0)  # every draft step is kept, and the draft is 24x shallower
+    sources = [s.source for s in steps]
+    assert sources[2] == "target" and steps[2].verdict == "generated"  # the one step that measures the target
+    assert sources[3:] == ["draft"] * (len(steps) - 3)  # then drafting goes on: it is measured to pay
+    control = steps[-1].control
+    assert control["speculating"] and control["spec_ms_per_token"] < control["target_ms_per_token"]
+
+
+def test_drafting_that_never_pays_stops(cheap_draft):
+    steps = solve(cheap_draft, tau=1.01)  # every draft step is rejected: drafting only adds cost
+    verdicts = [s.verdict for s in steps]
+    assert len(steps) == 12 and all(s.source == "target" for s in steps)
+    assert verdicts[:2] == ["rejected", "rejected"]  # measured for MIN_STEPS steps
+    assert verdicts[2:2 + PROBE_EVERY] == ["generated"] * PROBE_EVERY  # then the target writes alone
+    assert verdicts[2 + PROBE_EVERY] == "rejected"  # a probe drafts once more, loses, and the answer ends alone
+    assert set(verdicts[3 + PROBE_EVERY:]) == {"generated"}
+    assert not steps[-1].control["speculating"] and "ms/token" in steps[-1].control["reason"]
+    stats = api.summarize("specguard", "q", steps, 1.0).stats
+    assert stats["control"]["speculating"] is False and stats["target_call_fraction"] == 1.0
+
+
+def test_no_adapt_always_drafts(cheap_draft):
+    steps = solve(cheap_draft, tau=1.01, adapt=False)
+    assert {s.verdict for s in steps} == {"rejected"}
+
+
+def test_probes_come_back_and_stop_after_a_lost_one():
+    control = Controller()
+    control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
+    control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
+    assert not control.speculate()  # S = 0.1 s/token > T = 0.05
+    calls = [control.speculate() for _ in range(7)]
+    assert calls == [False] * 6 + [True]  # a probe every PROBE_EVERY target-only steps
+    control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.2)  # the probe loses too
+    assert not any(control.speculate() for _ in range(20))  # so the answer finishes with the target alone
