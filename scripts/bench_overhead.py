@@ -23,10 +23,9 @@ import time
 
 import numpy as np
 
-from specguard_local.attention import PrefixMass, extend_prefix
 from specguard_local.decoders.base import sample_steps
 from specguard_local.decoders.options import Options
-from specguard_local.decoders.specguard import load_profile, score_step
+from specguard_local.decoders.specguard import Grounding, load_profile
 from specguard_local.runtime import Runtime, RuntimeConfig
 from specguard_local.signals import select
 
@@ -41,9 +40,9 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
     session = rt.session("draft", n_seq=k, layers=3 if guarded else 0, hidden=guarded and k > 1)
     session.sync(prompt)
     capture = session.ctx.hook
-    mass = extend_prefix(PrefixMass.empty(), *map(capture.rows, capture.layers[:-1])) if guarded else None
+    grounding = Grounding.after_prefill(capture) if guarded else None
     profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
-    hopeless = (lambda c: score_step(c, mass, capture.layers, profile, opts)["r"] < -1.0) if guarded else None
+    hopeless = (lambda c: grounding.signals(c, profile, opts)["r"] < -1.0) if guarded else None
     start = time.perf_counter()
     cands = sample_steps(session, k, opts.sampling, np.random.default_rng(seed), tokens, capture, hopeless)
     drafted = time.perf_counter() - start
@@ -53,7 +52,7 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
         if k > 1:
             select(np.stack([c.embedding for c in cands]))
         for cand in cands:
-            score_step(cand, mass, capture.layers, profile, opts)
+            grounding.signals(cand, profile, opts)
         scoring = time.perf_counter() - start
     return drafted, scoring, max(len(c.tokens) for c in cands), cands[0].tokens
 

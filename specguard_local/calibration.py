@@ -30,7 +30,8 @@ def calibrate(rt, dataset: str, offset: int, limit: int, max_tokens: int, low: f
         raise SpecGuardError(f"the dev slice {offset}..{offset + limit} of {dataset} is empty")
     logprobs, groundings = [], []
     for problem in tqdm(problems, desc="calibrating", unit="problem"):
-        for step in stream(rt, problem.question, "specguard", Options(max_tokens=max_tokens, tau=0.0, layers=layers)):
+        for step in stream(rt, problem.question, "specguard", Options(max_tokens=max_tokens, tau=0.0, layers=layers,
+                                                                          adapt=False)):
             logprobs.append(step.scores["logprob_min"])
             groundings.append(step.scores["grounding_min"])
     lo_l, hi_l = np.percentile(logprobs, [low, high])

@@ -18,7 +18,8 @@ SHORT = "What is 12 plus 30? Answer briefly."
 
 
 def run(rt, method, question=SHORT, **options):
-    return list(api.stream(rt, question, method, Options(max_tokens=160, **options)))
+    """The paper's loop: the cost-aware controller is off unless a test turns it on (tests/test_controller.py)."""
+    return list(api.stream(rt, question, method, Options(max_tokens=160, **{"adapt": False, **options})))
 
 
 def test_tau_zero_accepts_every_draft_step(real_runtime):
