@@ -31,6 +31,7 @@ SUMMARY_COLUMNS = (
     ("mean_acceptance_rate", "acceptance rate"),
     ("mean_target_call_fraction", "target-call fraction"),
     ("draft_lengths", "draft / accepted length"),
+    ("stopped_share", "answers where drafting stopped"),
 )
 
 
@@ -86,6 +87,9 @@ def _summarize_method(method: str, rows_by_id: dict[str, dict], target_rows: dic
         "mean_target_call_fraction": _mean_present(row.get("target_call_fraction") for row in rows),
         "mean_draft_len": _mean_present(row.get("draft_len_mean") for row in rows),
         "mean_accepted_len": _mean_present(row.get("accepted_len_mean") for row in rows),
+        # the cost-aware controller (specguard): share of answers it switched to the target alone
+        "stopped_share": _mean_present(not row["control"]["speculating"] for row in rows
+                                       if row.get("control") and row["control"].get("adapt")),
     }
 
 
@@ -142,6 +146,8 @@ def _summary_cells(entry: dict) -> list[str]:
     }
     if entry["speedup_vs_target"] is not None:
         cells["speedup_vs_target"] = f"{entry['speedup_vs_target']:.2f}x"
+    if entry["stopped_share"] is not None:
+        cells["stopped_share"] = f"{entry['stopped_share']:.0%}"
     cells["draft_lengths"] = (f"{_format(entry['mean_draft_len'])} / {_format(entry['mean_accepted_len'])}"
                               if entry["mean_draft_len"] is not None else "n/a")
     return [cells[key] for key, _ in SUMMARY_COLUMNS]
