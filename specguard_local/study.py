@@ -3,8 +3,8 @@
 For each dev problem the target writes its own greedy solution s_1 … s_n (graded against the gold answer). At
 every step boundary c_i = prompt + s_1 … s_i the draft writes its next step d (greedy; with k > 1 also k-1 sampled
 candidates), and for each d:
-  - every signal a verifier could use: the draft's min/mean log-prob, min/mean grounding and r (SpecGuard), its
-    token entropies (max, mean), the target's log-probs of d from one batched prefill (min, mean, geometric-mean
+  - every signal a verifier could use: the draft's min/mean log-prob and min/mean grounding (SpecGuard's r is
+    computed from them in the report, under the pair's profile), its token entropies (max, mean), the target's log-probs of d from one batched prefill (min, mean, geometric-mean
     probability: the target judge), and the mean final hidden state of d under the draft and under the target
     (the probe's features), with what each cost;
   - the outcome label: the target completes the solution greedily from c_i + d and the answer is graded. d is
