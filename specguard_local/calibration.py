@@ -7,8 +7,10 @@ one; same for g̃. From a study (`specguard-local study`) the same bounds come f
 Risk-calibrated thresholds (from a study): for each verifier, τ is the lowest threshold at which accepting every
 draft step scoring ≥ τ flips at most `max_harm` of the dev problems from right to wrong (a problem flips when any
 accepted step in it is harmful). The probe is scored out-of-fold, so its τ is not fitted on its own training
-problems. The default verifier is the one that accepts the most draft steps within that risk; ties go to the
-cheapest (signals, then probe, then target-judge).
+problems. The default verifier is the cheapest of those that accept within `ACCEPT_SLACK` of the most draft steps
+within that risk (a difference smaller than that is noise at a few hundred steps): signals (free, and its early
+rejection stops a doomed draft after a few tokens), then a probe on draft hidden states, then the verifiers that
+need a target prefill of every drafted step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .datasets import load_problems
 from .decoders.options import Options
 from .errors import SpecGuardError
 from .signals import Profile, decision_score, pair_profile
+
+ACCEPT_SLACK = 0.02  # share of draft steps
 
 
 def calibrate(rt, dataset: str, offset: int, limit: int, max_tokens: int, low: float, high: float, layers: int,
@@ -87,8 +91,10 @@ def thresholds_from_study(problems: list[dict], profile: Profile, max_harm: floa
         safe["probe"] = 1.0 - probes.cross_validated(features, labels, groups, seed)
     figures = {name: risk_threshold(score, harmful, groups, counts["problems"], max_harm)
                for name, score in safe.items()}
-    order = ("signals", "probe", "target-judge")
-    best = max(figures, key=lambda name: (figures[name]["accepted"], -order.index(name)))
+    most = max(figure["accepted"] for figure in figures.values())
+    cheapest = ("signals", "probe", "target-judge") if probe is None or probe.features == "draft" else \
+        ("signals", "target-judge", "probe")
+    best = next(name for name in cheapest if name in figures and figures[name]["accepted"] >= most - ACCEPT_SLACK)
     taus = {name: figure["tau"] for name, figure in figures.items()}
     return taus, best, {"max_harm": max_harm, "problems": counts["problems"], "steps": len(steps),
                         "harmful": int(harmful.sum()), "verifiers": figures}

@@ -6,7 +6,7 @@ Per signal (oriented so that a higher risk score means "more likely harmful"):
   - AUROC for the cheap label "says something else than the target's own step" over all steps;
   - the acceptance curve: accepting every step whose score clears a threshold, the share of steps kept against the
     share of problems flipped from right to wrong (a problem flips when any kept step in it is harmful);
-  - its median cost per step, in units of one target decode token measured in the same run.
+  - its median added cost per step token, in units of one target decode token measured on the same problem.
 Probes (`probe`) are scored out-of-fold by grouped cross-validation, never on the problems they were fitted on.
 """
 
@@ -135,8 +135,9 @@ def write_study_report(problems: list[dict], out_dir: Path, profile: Profile, se
     differs = np.array([not s["says_same"] for s in steps])
     groups = np.array([s["problem_id"] for s in steps])
     risks = signal_risks(steps, profile, seed)
-    lines += ["| signal | AUROC harmful (95% CI, by problem) | AUROC differs from target step | cost per step "
-              "(target tokens) |", "|---|---|---|---|"]
+    lines += ["| signal | AUROC harmful (95% CI, by problem; steps of problems the target solves) | AUROC differs "
+              "from the target's step (all steps) | added cost per step token (target decode tokens) |",
+              "|---|---|---|---|"]
     curves = {}
     for key, (label, risk, costs) in risks.items():
         auroc, low, high = bootstrap_auroc(harmful[possible], risk[possible], groups[possible], seed)

@@ -61,7 +61,7 @@ def test_probes_come_back_and_stop_after_a_lost_one():
     control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
     control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
     assert not control.speculate()  # S = 0.1 s/token > T = 0.05
-    calls = [control.speculate() for _ in range(7)]
-    assert calls == [False] * 6 + [True]  # a probe every PROBE_EVERY target-only steps
+    calls = [control.speculate() for _ in range(PROBE_EVERY)]
+    assert calls == [False] * (PROBE_EVERY - 1) + [True]  # a probe after PROBE_EVERY target-only steps
     control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.2)  # the probe loses too
     assert not any(control.speculate() for _ in range(20))  # so the answer finishes with the target alone

@@ -64,7 +64,7 @@ class Controller:
         if self.probes_lost >= PROBES_LOST:
             return False
         self.since_probe += 1
-        if self.since_probe < PROBE_EVERY:
+        if self.since_probe <= PROBE_EVERY:
             return False
         self.since_probe, self.speculating, self.probing = 0, True, True  # decided again right after the probe
         return True
