@@ -107,15 +107,16 @@ def test_bad_profile_is_a_clear_error(tmp_path, content):
 
 @pytest.fixture(scope="module")
 def probe_files(real_runtime, tmp_path_factory):
-    """Probe files for the real pair on draft + target hidden states whose P(harmful) is ~0 (accept) or ~1."""
+    """Probe files for the real pair whose P(harmful) is ~0 (accept; on target hidden states) or ~1 (reject; on
+    draft hidden states), so both feature paths run."""
     from specguard_local.probe import Probe
 
     rt, folder = real_runtime, tmp_path_factory.mktemp("probes")
-    width = rt.model("draft").n_embd + rt.model("target").n_embd
     paths = {}
-    for name, intercept in (("safe", -20.0), ("harmful", 20.0)):
+    for name, features, intercept in (("safe", "target", -20.0), ("harmful", "draft", 20.0)):
+        width = rt.model(features).n_embd
         paths[name] = folder / f"{name}.json"
-        Probe("both", [0.0] * width, [1.0] * width, [0.0] * width, intercept, draft=rt.ids["draft"],
+        Probe(features, [0.0] * width, [1.0] * width, [0.0] * width, intercept, draft=rt.ids["draft"],
               target=rt.ids["target"]).save(paths[name])
     return paths
 

@@ -161,8 +161,10 @@ def rsd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
 
 
 def probe_features(probe: Probe, step: Candidate, target_hidden: np.ndarray | None) -> np.ndarray:
-    parts = {"draft": [step.embedding], "target": [target_hidden], "both": [step.embedding, target_hidden]}
-    return np.concatenate(parts[probe.features])
+    """The probe's input: the step's mean hidden state under the draft, the target, or both."""
+    if probe.features == "draft":
+        return step.embedding
+    return target_hidden if probe.features == "target" else np.concatenate([step.embedding, target_hidden])
 
 
 def load_probe(opts: Options, rt) -> Probe:
