@@ -25,7 +25,8 @@ import numpy as np
 
 from specguard_local.decoders.base import sample_steps
 from specguard_local.decoders.options import Options
-from specguard_local.decoders.specguard import Grounding, load_profile
+from specguard_local.decoders.specguard import load_profile
+from specguard_local.decoders.verifiers import Grounding
 from specguard_local.runtime import Runtime, RuntimeConfig
 from specguard_local.signals import select
 
@@ -40,9 +41,11 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
     session = rt.session("draft", n_seq=k, layers=3 if guarded else 0, hidden=guarded and k > 1)
     session.sync(prompt)
     capture = session.ctx.hook
-    grounding = Grounding.after_prefill(capture) if guarded else None
+    grounding = Grounding.start(capture) if guarded else None
+    if guarded:
+        grounding.absorb_prefill()
     profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
-    hopeless = (lambda c: grounding.signals(c, profile, opts)["r"] < -1.0) if guarded else None
+    hopeless = (lambda c: grounding.signals(c, profile, opts.use_logprob, opts.use_grounding)["r"] < -1.0) if guarded else None
     start = time.perf_counter()
     cands = sample_steps(session, k, opts.sampling, np.random.default_rng(seed), tokens, capture, hopeless)
     drafted = time.perf_counter() - start
@@ -52,7 +55,7 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
         if k > 1:
             select(np.stack([c.embedding for c in cands]))
         for cand in cands:
-            grounding.signals(cand, profile, opts)
+            grounding.signals(cand, profile, opts.use_logprob, opts.use_grounding)
         scoring = time.perf_counter() - start
     return drafted, scoring, max(len(c.tokens) for c in cands), cands[0].tokens
 

@@ -35,6 +35,8 @@ class Runtime:
         models.check_pair(infos["draft"], infos["target"])
         self._models: dict[str, Model] = {}
         self._contexts: dict[tuple, Context] = {}
+        # what decoders learn about this machine and pair across questions (SpecGuard's cost-aware controller)
+        self.memory: dict[tuple, object] = {}
 
     def model(self, role: str) -> Model:
         if role not in self._models:

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .attention import PrefixMass, extend_prefix
 from .bench import append_row, open_run, read_rows
 from .datasets import Problem
 from .decoders.base import Candidate, Session, sample_steps
-from .decoders.verifiers import draft_signals, read_step
+from .decoders.verifiers import Grounding, read_step
 from .engine import Sampling
 from .grading import extract_answer, is_correct
 from .probe import encode_vector
@@ -97,7 +96,6 @@ def study_problem(rt: Runtime, problem: Problem, opts: StudyOptions) -> dict:
     target = rt.session("target", n_seq=2, hidden=True)
     draft = rt.session("draft", n_seq=opts.k, layers=opts.layers, hidden=True)
     capture = draft.ctx.hook
-    layers = capture.layers
 
     start = time.perf_counter()
     target.sync(prompt)
@@ -108,13 +106,10 @@ def study_problem(rt: Runtime, problem: Problem, opts: StudyOptions) -> dict:
     target_answer = extract_answer(model.detokenize(target.tokens[len(prompt):]))
     walk.target_correct = is_correct(target_answer, problem.gold)
 
-    draft.sync(prompt)
-    mass = extend_prefix(PrefixMass.empty(len(layers)), *map(capture.rows, layers[:-1]))
-    rows, context = [], list(prompt)
+    grounding, rows, context = Grounding.start(capture), [], list(prompt)
     for index, own in enumerate(walk.own_steps):
-        if index:
-            draft.sync(context)
-            mass = extend_prefix(mass, *map(capture.rows, layers[:-1]))
+        draft.sync(context)  # the prompt, then each step of the target's own solution
+        grounding.absorb_prefill()
         budget = min(opts.max_step_tokens, opts.max_tokens - (len(context) - len(prompt)))
         start = time.perf_counter()
         cands = sample_steps(draft, 1, GREEDY, rng, budget, capture)
@@ -126,7 +121,7 @@ def study_problem(rt: Runtime, problem: Problem, opts: StudyOptions) -> dict:
         for number, (cand, cand_draft_s) in enumerate(zip(cands, draft_s)):
             row = label_step(rt, walk, index, context, cand, opts, rng)
             row["candidate"], row["sampled"] = number, number > 0
-            row.update(draft_signals(cand, mass, layers))
+            row.update(grounding.signals(cand))
             row["cost_s"]["draft"] = cand_draft_s
             rows.append(row)
         context += own

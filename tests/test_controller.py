@@ -49,10 +49,12 @@ def test_drafting_that_never_pays_stops(cheap_draft):
     assert not steps[-1].control["speculating"] and "ms/token" in steps[-1].control["reason"]
     stats = api.summarize("specguard", "q", steps, 1.0).stats
     assert stats["control"]["speculating"] is False and stats["target_call_fraction"] == 1.0
+    again = solve(cheap_draft, tau=1.01)  # the next answer on the same loaded pair knows it already
+    assert again[0].verdict == "generated" and "draft_prefill" not in again[0].timings
 
 
 def test_no_adapt_always_drafts(cheap_draft):
-    steps = solve(cheap_draft, tau=1.01, adapt=False)
+    steps = solve(cheap_draft, tau=1.01, adapt=False)  # even after the runs above learnt that drafting loses
     assert {s.verdict for s in steps} == {"rejected"}
 
 
@@ -60,8 +62,10 @@ def test_probes_come_back_and_stop_after_a_lost_one():
     control = Controller()
     control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
     control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
-    assert not control.speculate()  # S = 0.1 s/token > T = 0.05
-    calls = [control.speculate() for _ in range(PROBE_EVERY)]
-    assert calls == [False] * (PROBE_EVERY - 1) + [True]  # a probe after PROBE_EVERY target-only steps
+    calls = [control.speculate() for _ in range(PROBE_EVERY + 1)]  # S = 0.1 s/token > T = 0.05
+    assert calls == [False] * PROBE_EVERY + [True]  # a probe after PROBE_EVERY target-only steps
     control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.2)  # the probe loses too
-    assert not any(control.speculate() for _ in range(20))  # so the answer finishes with the target alone
+    calls = [control.speculate() for _ in range(2 * PROBE_EVERY + 1)]
+    assert calls == [False] * 2 * PROBE_EVERY + [True]  # so the next one waits twice as long
+    carried = control.next_answer()
+    assert not carried.speculate() and carried.per_token == control.per_token  # a new answer starts target-only

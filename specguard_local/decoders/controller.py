@@ -8,9 +8,13 @@ Measured per answer, online:
 Speculation is predicted to lose when S > T, once at least `MIN_STEPS` speculative steps and one target-written step
 are measured; when every drafted step so far was kept, the target writes the next step alone to measure T (what the
 baseline would have done anyway). Once S > T the answer continues with target-only steps.
-Every `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first prefills what
-the target wrote meanwhile; that one-off catch-up is not counted in S); once a probe leaves S > T, the answer
-finishes target-only, as `sd` does with its token-level probes.
+After `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first prefills what
+the target wrote meanwhile; that one-off catch-up is not counted in S); each probe that leaves S > T doubles the
+wait before the next one, as `sd` backs off its token-level probes.
+
+What is measured carries over to the next answer on the same loaded pair (`next_answer`, kept in the runtime's
+memory by verifier settings): once drafting is known not to pay, a new answer starts with the target alone and
+the draft does not even prefill its prompt until a probe is due.
 
 On a 2-core CPU with the default pair a draft token costs about half a target token and the target's catch-up
 prefill about a third, so at the acceptance rates measured there S > T and the controller settles on the target;
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 
 MIN_STEPS = 2
 PROBE_EVERY = 8
-PROBES_LOST = 1
 
 
 @dataclass
@@ -61,10 +64,8 @@ class Controller:
                 self.referenced = True  # every step so far was kept: one step by the target alone measures T
                 return False
             return True
-        if self.probes_lost >= PROBES_LOST:
-            return False
         self.since_probe += 1
-        if self.since_probe <= PROBE_EVERY:
+        if self.since_probe <= PROBE_EVERY * 2 ** self.probes_lost:
             return False
         self.since_probe, self.speculating, self.probing = 0, True, True  # decided again right after the probe
         return True
@@ -108,6 +109,17 @@ class Controller:
             self.reason = f"speculation {s * 1000:.1f} ms/token > target alone {t * 1000:.1f} ms/token"
         else:
             self.reason = f"speculation {s * 1000:.1f} ms/token <= target alone {t * 1000:.1f} ms/token"
+
+    def next_answer(self) -> "Controller":
+        """A controller for the next answer on the same pair and settings: the measured totals and the probe
+        schedule carry over; it starts target-only when they already say that drafting loses."""
+        carried = Controller(self.enabled, self.spec_s, self.spec_tokens, self.spec_steps, self.target_s,
+                             self.target_tokens, self.prefill_s, self.prefill_tokens, referenced=self.referenced,
+                             since_probe=self.since_probe, probes_lost=self.probes_lost)
+        s, t = carried.per_token
+        carried.speculating = not (self.enabled and s is not None and t is not None and s > t)
+        carried.reason = self.reason if not carried.speculating else ""
+        return carried
 
     def report(self) -> dict:
         """What the controller measured and chose, for the step event and the run's statistics."""

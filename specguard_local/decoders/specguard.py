@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
 
-from ..attention import Capture, PrefixMass, extend_prefix
 from ..errors import SpecGuardError
 from ..events import Step
 from ..probe import Probe, default_probe_path
@@ -38,33 +37,7 @@ from ..signals import Profile, pair_profile, select
 from .base import Candidate, Session, finished, sample_steps
 from .controller import Controller
 from .options import Options
-from .verifiers import draft_signals, parse_verifier, read_step, with_decision
-
-
-@dataclass
-class Grounding:
-    """What ABGV needs across steps: the draft's capture hook and the prefix mass of I = prompt + accepted steps."""
-
-    capture: Capture
-    mass: PrefixMass
-
-    @staticmethod
-    def after_prefill(capture: Capture) -> "Grounding":
-        """Start from the prompt the draft has just prefilled (its rows are still in the hook)."""
-        return Grounding(capture, extend_prefix(PrefixMass.empty(len(capture.layers)),
-                                                *map(capture.rows, capture.layers[:-1])))
-
-    def absorb_prefill(self) -> None:
-        """Add the tokens the draft has just prefilled (a target step) to I."""
-        self.mass = extend_prefix(self.mass, *map(self.capture.rows, self.capture.layers[:-1]))
-
-    def absorb(self, step: Candidate) -> None:
-        """Add an accepted draft step to I, from the rows captured while drafting it."""
-        self.mass = extend_prefix(self.mass, *map(step.attention, self.capture.layers[:-1]))
-
-    def signals(self, cand: Candidate, profile: Profile, opts: Options) -> dict[str, float]:
-        return with_decision(draft_signals(cand, self.mass, self.capture.layers), profile, opts.use_logprob,
-                             opts.use_grounding)
+from .verifiers import Grounding, parse_verifier, read_step
 
 
 def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
@@ -75,12 +48,14 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                        hidden=opts.k > 1 or (probe is not None and probe.features != "target"))
     target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1 or (probe is not None and probe.features != "draft"))
     judged = "target-judge" in verifier.parts or (probe is not None and probe.features != "draft")
-    rng, timings, control = np.random.default_rng(opts.seed), {}, Controller(enabled=opts.adapt)
+    memory_key = ("specguard", verifier, opts.probe, opts.k, opts.layers, opts.sampling, opts.use_logprob,
+                  opts.use_grounding)
+    previous = rt.memory.get(memory_key)
+    control = previous.next_answer() if previous is not None and opts.adapt else Controller(enabled=opts.adapt)
+    rng, timings = np.random.default_rng(opts.seed), {}
     tau_signals = dict(zip(verifier.parts, verifier.taus)).get("signals")
-    with clock(timings, "draft_prefill"):
-        draft.sync(prompt)
-        grounding = Grounding.after_prefill(draft.ctx.hook)
-    hopeless = (lambda c: grounding.signals(c, profile, opts)["r"] < tau_signals) if tau_signals is not None else None
+    grounding = Grounding.start(draft.ctx.hook)  # the draft reads the prompt just before its first drafted step
+    hopeless = (lambda c: grounding.signals(c, profile, opts.use_logprob, opts.use_grounding)["r"] < tau_signals) if tau_signals is not None else None
     tokens, index = list(prompt), 0
     while True:
         budget = min(opts.max_step_tokens, opts.max_tokens - (len(tokens) - len(prompt)))
@@ -93,16 +68,17 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             control.record_target(timings["target"], len(step.tokens), timings["target_prefill"], caught_up)
             source, verdict_name = "target", "generated"
         else:
-            if len(draft.tokens) != len(tokens):  # after target-only steps the draft catches up first
-                with clock(timings, "draft_sync"):
+            if len(draft.tokens) != len(tokens):  # the prompt, or steps the target wrote alone meanwhile
+                with clock(timings, "draft_prefill" if not draft.tokens else "draft_sync"):
                     draft.sync(tokens)
                     grounding.absorb_prefill()
-            draft_sync_s, caught_up, before_judge = timings.get("draft_sync", 0.0), 0, None
+            draft_sync_s = timings.get("draft_prefill", 0.0) + timings.get("draft_sync", 0.0)
+            caught_up, before_judge = 0, None
             with clock(timings, "draft"):
                 cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, grounding.capture, hopeless)
             with clock(timings, "score"):
                 chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
-                scores = [grounding.signals(c, profile, opts) for c in cands]
+                scores = [grounding.signals(c, profile, opts.use_logprob, opts.use_grounding) for c in cands]
             step, verdict = cands[chosen], scores[chosen]
             if judged and (tau_signals is None or verdict["r"] >= tau_signals):
                 with clock(timings, "target_prefill"):
@@ -141,6 +117,8 @@ def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                    candidates=[dict(text=draft.ctx.model.detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop,
                                     **s) for c, s in zip(cands, scores)], control=control.report())
         index, timings = index + 1, {}
+        if opts.adapt:
+            rt.memory[memory_key] = control
         if finished(step.stop, len(tokens) - len(prompt), len(tokens), opts, draft.ctx.n_ctx_seq):
             return
 

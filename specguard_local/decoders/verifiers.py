@@ -12,7 +12,9 @@ step iff score ≥ its τ:
                 labels from `specguard-local study`; score = 1 - P(harmful). See `probe`.
   a+b           accept only when every part accepts (e.g. `signals+target-judge`).
 
-`draft_signals` and `read_step` compute every signal the study measures; a verifier uses some of them.
+`draft_signals` and `read_step` compute every signal the study measures; a verifier uses some of them. `Grounding`
+is the draft-side verification state across steps (the capture hook and the prefix mass of I), shared by the
+SpecGuard loop and the study.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..attention import HIDDEN, PrefixMass, step_grounding
+from ..attention import HIDDEN, Capture, PrefixMass, extend_prefix, step_grounding
 from ..engine import token_logprob
 from ..errors import SpecGuardError
 from ..signals import Profile, decision_score
@@ -59,6 +61,33 @@ def read_step(target: Session, step: list[int]) -> tuple[dict[str, float], np.nd
     hidden = hook.rows(HIDDEN).mean(axis=0) if hook is not None and HIDDEN in hook.parts else None
     return {"target_logprob_min": float(min(logprobs)), "target_logprob_mean": float(np.mean(logprobs)),
             "judge": float(np.exp(np.mean(logprobs)))}, hidden
+
+
+@dataclass
+class Grounding:
+    """What ABGV needs across steps: the draft's capture hook and the prefix mass of I = prompt + accepted steps."""
+
+    capture: Capture
+    mass: PrefixMass
+
+    @staticmethod
+    def start(capture: Capture) -> "Grounding":
+        """Nothing in I yet: the draft's prompt prefill is its first `absorb_prefill`."""
+        return Grounding(capture, PrefixMass.empty(len(capture.layers)))
+
+    def absorb_prefill(self) -> None:
+        """Add the tokens the draft has just prefilled (the prompt, or steps the target wrote) to I."""
+        self.mass = extend_prefix(self.mass, *map(self.capture.rows, self.capture.layers[:-1]))
+
+    def absorb(self, step: Candidate) -> None:
+        """Add an accepted draft step to I, from the rows captured while drafting it."""
+        self.mass = extend_prefix(self.mass, *map(step.attention, self.capture.layers[:-1]))
+
+    def signals(self, cand: Candidate, profile: Profile | None = None, use_logprob: bool = True,
+                use_grounding: bool = True) -> dict[str, float]:
+        """The draft's signals of `cand` against I (`draft_signals`), with l̃, g̃ and r when given a profile."""
+        raw = draft_signals(cand, self.mass, self.capture.layers)
+        return raw if profile is None else with_decision(raw, profile, use_logprob, use_grounding)
 
 
 @dataclass(frozen=True)
