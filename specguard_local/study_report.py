@@ -163,8 +163,8 @@ def write_study_report(problems: list[dict], out_dir: Path, profile: Profile, se
 def plot_curves(curves: dict, path: Path) -> None:
     figure = Figure(figsize=(8, 5.5))
     axes = figure.add_subplot()
-    for label, (kept, flipped, _) in curves.items():
-        axes.step(kept, flipped, where="post", label=label, linewidth=1.2)
+    for number, (label, (kept, flipped, _)) in enumerate(curves.items()):  # 10 colours, then dashed, dotted
+        axes.step(kept, flipped, where="post", label=label, linewidth=1.2, linestyle=("-", "--", ":")[number // 10 % 3])
     axes.set_xlabel("share of draft steps accepted")
     axes.set_ylabel("share of problems flipped right → wrong")
     axes.set_title("Accepting draft steps by each signal")
