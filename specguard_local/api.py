@@ -15,11 +15,24 @@ from .runtime import Runtime, RuntimeConfig
 
 def stream(rt: Runtime, question: str, method: str = "specguard", opts: Options = Options()) -> Iterator[Step]:
     """Yield the steps of `method` on `question` as they are produced."""
+    check(method, opts)
+    return METHODS[method](rt, rt.prompt_tokens(question), opts)
+
+
+def generate(rt: Runtime, prompt: list[int], method: str = "specguard", opts: Options = Options()) -> Iterator[Step]:
+    """Yield the steps of `method` after a prompt already rendered to tokens (a chat of several messages)."""
+    check(method, opts)
+    return METHODS[method](rt, prompt, opts)
+
+
+def check(method: str, opts: Options) -> None:
+    """Reject an unknown method or option values no decoder can run with, before any decoding."""
     if method not in METHODS:
         raise SpecGuardError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if opts.k < 1 or opts.max_tokens < 1:
-        raise SpecGuardError("--k and --max-tokens must be at least 1")
-    return METHODS[method](rt, rt.prompt_tokens(question), opts)
+    if opts.k < 1 or opts.max_tokens < 1 or opts.max_step_tokens < 1:
+        raise SpecGuardError("--k, --max-tokens and --max-step-tokens must be at least 1")
+    if opts.temperature is not None and opts.temperature < 0 or not 0 < opts.top_p <= 1:
+        raise SpecGuardError("temperature must be at least 0 and top_p between 0 (excluded) and 1")
 
 
 def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> Result:

@@ -429,5 +429,52 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, n
     click.echo(f"report: {report_path}")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Requests decoded together: their draft tokens in one llama_decode, their target tokens in "
+                   "another. Each holds its own sequences (KV memory grows with it).")
+@click.option("--queue", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Requests that may wait for a free slot; beyond that the server answers 503.")
+@click.option("--max-k", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Most candidates per step a request may ask for (sequences held per request).")
+@click.option("--api-key", envvar="SPECGUARD_API_KEY", default=None,
+              help="Require `Authorization: Bearer KEY` on every request but /health [env SPECGUARD_API_KEY].")
+@click.option("--max-tokens", default=1024, show_default=True, help="Token budget of a request that sets none.")
+@click.option("--verifier", default=None, help="specguard's verifier when a request sets none (see `solve --help`).")
+@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
+              help="Probe file for the probe verifier [default: the shipped one].")
+@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+              help="Calibration profile [default: the shipped one for the default pair].")
+@model_options
+@friendly_errors
+def serve(host, port, parallel, queue, max_k, api_key, max_tokens, verifier, probe_path, profile, draft, target,
+          models_dir, n_ctx, threads, n_gpu_layers):
+    """Serve the pair over an OpenAI-compatible HTTP API until Ctrl-C.
+
+    POST /v1/chat/completions (streamed or not; `model` picks the method: specguard, target, draft, sd, trispec,
+    rsd; method options such as k, tau, verifier go in the body), GET /v1/models, GET /health. Every response
+    carries a `specguard` object: per step who wrote it and why, and the run's stats. Without a system message,
+    the product's step-by-step system prompt comes first, so a request with only the question answers as `solve`.
+
+    \b
+    Example:
+      specguard-local serve --parallel 4
+      curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "specguard", "messages": [{"role": "user", "content": "What is 17 * 23?"}]}'
+    """
+    from .decoders.options import Options
+    from .serve.app import serve as run_server
+
+    defaults = Options(max_tokens=max_tokens, verifier=verifier, probe=probe_path, profile=profile)
+    with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
+        rt.model("draft"), rt.model("target")  # load both before listening
+        click.echo(f"specguard-local: serving {rt.ids['draft']} → {rt.ids['target']} on http://{host}:{port} "
+                   f"({parallel} at once, {queue} waiting); Ctrl-C stops", err=True)
+        run_server(rt, host, port, parallel, queue, max_k, api_key, defaults)
+
+
 if __name__ == "__main__":
     main()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from . import models
 from .attention import Capture, last_layers
+from .batching import Batcher, SlotContext
 from .decoders.base import Session
 from .engine import Context, Model
 from .errors import SpecGuardError
@@ -43,27 +45,38 @@ class Runtime:
             self._models[role] = Model(self.paths[role], n_gpu_layers=self.config.n_gpu_layers)
         return self._models[role]
 
-    def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> Session:
-        """An empty session on a (cached) context of `role` with `n_seq` sequences; `layers` > 0 captures the
-        attention of that many last layers, `hidden` the final hidden states (flash attention is then off)."""
+    def context(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> Context:
+        """The (cached) context of `role` with `n_seq` sequences; `layers` > 0 captures the attention of that many
+        last layers, `hidden` the final hidden states (flash attention is then off)."""
         key = (role, n_seq, layers, hidden)
         if key not in self._contexts:
             model = self.model(role)
             hook = Capture(last_layers(model.n_layer, layers) if layers else [], hidden) if layers or hidden else None
             self._contexts[key] = Context(model, n_seq=n_seq, n_ctx_seq=self.config.n_ctx,
                                           n_threads=self.config.n_threads, hook=hook)
-        ctx = self._contexts[key]
+        return self._contexts[key]
+
+    def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> Session:
+        """An empty session on the context of that shape (see `context`)."""
+        ctx = self.context(role, n_seq, layers, hidden)
         ctx.clear()
         return Session(ctx)
 
     def prompt_tokens(self, question: str) -> list[int]:
-        question = question.strip()
-        if not question:
+        """The chat prompt of one question, after the product's system prompt."""
+        if not question.strip():
             raise SpecGuardError("the question is empty")
+        return self.chat_tokens([("user", question.strip())])
+
+    def chat_tokens(self, messages: list[tuple[str, str]]) -> list[int]:
+        """(role, content) messages rendered with the model's chat template; without a system message, the product's
+        system prompt (step-by-step reasoning, answer in \\boxed{}) comes first."""
+        if not any(role == "system" for role, _ in messages):
+            messages = [("system", SYSTEM_PROMPT), *messages]
         model = self.model("draft")
-        tokens = model.tokenize(model.chat_prompt([("system", SYSTEM_PROMPT), ("user", question)]))
+        tokens = model.tokenize(model.chat_prompt(messages))
         if len(tokens) >= self.config.n_ctx:
-            raise SpecGuardError(f"the question is {len(tokens)} tokens with its prompt, more than the context of "
+            raise SpecGuardError(f"the prompt is {len(tokens)} tokens, more than the context of "
                                  f"{self.config.n_ctx} tokens; shorten it or raise --n-ctx")
         return tokens
 
@@ -80,3 +93,28 @@ class Runtime:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SlotRuntime:
+    """One request's share of a runtime that serves several at once (`specguard-local serve`): sessions on the
+    request's own `n_seq` sequences of shared contexts sized for `n_slots` requests, every decode merged with the
+    other requests' by `batcher` (see `batching`). Decoders take it wherever they take a `Runtime`."""
+
+    def __init__(self, shared: Runtime, batcher: Batcher, slot: int, n_slots: int, n_seq: int,
+                 stop: threading.Event):
+        self.shared, self.batcher, self.slot, self.n_slots, self.n_seq, self.stop = (
+            shared, batcher, slot, n_slots, n_seq, stop)
+        self.config, self.ids, self.memory = shared.config, shared.ids, shared.memory
+
+    def model(self, role: str) -> Model:
+        return self.shared.model(role)
+
+    def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> Session:
+        if n_seq > self.n_seq:
+            raise SpecGuardError(f"{n_seq} candidates per step need {n_seq} sequences per request; the server has "
+                                 f"{self.n_seq} (start it with --max-k {n_seq})")
+        with self.batcher.lock:
+            shared = self.shared.context(role, self.n_slots * self.n_seq, layers, hidden)
+        ctx = SlotContext(shared, self.batcher, self.slot * self.n_seq, self.n_seq, self.stop)
+        ctx.clear()
+        return Session(ctx)

@@ -116,10 +116,13 @@ def build_vocab(vocab_variant: int = 0) -> tuple[list[str], list[int], list[str]
     return tokens, token_types, merges
 
 
-def write_tiny_model(path: Path, *, seed: int = 0, vocab_variant: int = 0, n_layer: int = 4) -> Path:
+def write_tiny_model(path: Path, *, seed: int = 0, vocab_variant: int = 0, n_layer: int = 4,
+                     endless: bool = False) -> Path:
     """Write a tiny random qwen2 GGUF to ``path`` and return ``path``.
 
-    Deterministic for a given (seed, vocab_variant, n_layer).
+    Deterministic for a given (seed, vocab_variant, n_layer, endless). ``endless`` zeroes the output rows of the
+    end-of-generation tokens: their logit is then 0 while about half the vocabulary scores above it, so greedy
+    decoding never ends an answer before its token budget.
     """
     if n_layer < 3:
         raise ValueError(f"n_layer must be >= 3, got {n_layer}")
@@ -136,7 +139,7 @@ def write_tiny_model(path: Path, *, seed: int = 0, vocab_variant: int = 0, n_lay
         return (1.0 + rng.standard_normal(n) * 0.05).astype(np.float32)
 
     w = gguf.GGUFWriter(str(path), ARCH)
-    w.add_name(f"tiny-qwen2-test-s{seed}-v{vocab_variant}-l{n_layer}")
+    w.add_name(f"tiny-qwen2-test-s{seed}-v{vocab_variant}-l{n_layer}" + ("-endless" if endless else ""))
     w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
     w.add_context_length(N_CTX_TRAIN)
     w.add_embedding_length(N_EMBD)
@@ -181,7 +184,10 @@ def write_tiny_model(path: Path, *, seed: int = 0, vocab_variant: int = 0, n_lay
         w.add_tensor(p + "ffn_up.weight", normal(N_FF, N_EMBD, std=s_in))
         w.add_tensor(p + "ffn_down.weight", normal(N_EMBD, N_FF, std=1.0 / np.sqrt(N_FF)))
     w.add_tensor(T[M.OUTPUT_NORM] + ".weight", norm_weight(N_EMBD))
-    w.add_tensor(T[M.OUTPUT] + ".weight", normal(N_VOCAB, N_EMBD, std=0.3))
+    output = normal(N_VOCAB, N_EMBD, std=0.3)
+    if endless:
+        output[[ENDOFTEXT_ID, IM_END_ID]] = 0.0
+    w.add_tensor(T[M.OUTPUT] + ".weight", output)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

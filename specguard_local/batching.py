@@ -1,0 +1,176 @@
+"""Requests decoded together: every decoder runs unchanged in its own thread, on its own sequences of shared
+contexts, and the `Batcher` merges the decode calls of all running requests into one `llama_decode` per context.
+
+Each request owns a slot: sequences [slot·n, slot·n + n) of every shared context. Its decoder sees a `SlotContext`,
+which looks like a `Context` of n sequences (local sequence ids, its own capture rows) and sends every decode to the
+batcher. The batcher waits until every running request is waiting on a decode (Python work between decodes is
+serialised by the GIL anyway), then runs them:
+  - calls of one token per sequence with all logits wanted (a drafting or decoding tick of `sample_steps`) are
+    merged per context into one batch, ordered by sequence, which is also the order the attention hook sees their
+    rows in — each call gets back its own logits and captured rows;
+  - any other call (a prompt prefill, a verifier reading a whole step) runs alone, still in the same round.
+A request that joins later simply takes part in the next round. Every llama.cpp call on a shared context (decode,
+KV roll-back, fork, context creation) happens under the batcher's one lock, so none runs beside a decode.
+
+Cancellation: each request has a `stop` event (client gone, stop string seen, server shutting down); its next decode
+raises `Cancelled` instead of running, and the slot's sequences are then free for the next request.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import Context
+
+
+class Cancelled(Exception):
+    """A request's decoding was stopped from outside (disconnect, stop string, shutdown)."""
+
+
+@dataclass
+class _Call:
+    ctx: Context
+    tokens: list[int]
+    positions: list[int]
+    seqs: list[int]
+    outputs: list[bool]
+    logits: np.ndarray | None = None
+    rows: dict = field(default_factory=dict)   # capture key -> this call's rows of the last decode
+    error: BaseException | None = None
+    done: bool = False
+
+    @property
+    def mergeable(self) -> bool:
+        return all(self.outputs) and len(set(self.seqs)) == len(self.seqs)
+
+
+class Batcher:
+    """Runs the pending decode calls of all running requests once every one of them is waiting."""
+
+    def __init__(self):
+        self.lock = threading.Condition(threading.RLock())
+        self._running = 0
+        self._pending: list[_Call] = []
+
+    @contextmanager
+    def request(self):
+        """A request is running (its decodes are awaited before each round) while inside."""
+        with self.lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._running -= 1
+                self._run_if_all_waiting()
+
+    def decode(self, call: _Call) -> _Call:
+        with self.lock:
+            self._pending.append(call)
+            self._run_if_all_waiting()
+            while not call.done:
+                self.lock.wait()
+        if call.error is not None:
+            raise call.error
+        return call
+
+    def _run_if_all_waiting(self) -> None:
+        if not self._pending or len(self._pending) < self._running:
+            return
+        calls, self._pending = self._pending, []
+        try:
+            for ctx in {id(c.ctx): c.ctx for c in calls}.values():
+                group = [c for c in calls if c.ctx is ctx]
+                merged = sorted((c for c in group if c.mergeable), key=lambda c: min(c.seqs))
+                for chunk in _chunks(merged, ctx.n_batch):
+                    _decode_together(ctx, chunk)
+                for call in group:
+                    if not call.mergeable:
+                        _decode_together(ctx, [call])
+        finally:
+            for call in calls:
+                call.done = True
+            self.lock.notify_all()
+
+
+def _chunks(calls: list[_Call], n_batch: int) -> list[list[_Call]]:
+    chunks, size = [], n_batch
+    for call in calls:
+        if size + len(call.tokens) > n_batch:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(call)
+        size += len(call.tokens)
+    return chunks
+
+
+def _decode_together(ctx: Context, calls: list[_Call]) -> None:
+    """One decode for `calls` (merged ones hold one token per sequence: rows come back in sequence order)."""
+    owner = [(i, j) for i, call in enumerate(calls) for j in range(len(call.tokens))]
+    if len(calls) > 1:
+        owner.sort(key=lambda ij: calls[ij[0]].seqs[ij[1]])
+    try:
+        logits = ctx.decode(*([getattr(calls[i], name)[j] for i, j in owner]
+                              for name in ("tokens", "positions", "seqs", "outputs")))
+        rows = {key: ctx.hook.rows(key) for key in ctx.hook.parts} if ctx.hook is not None else {}
+    except BaseException as exc:  # handed to the callers; the round goes on for the other contexts
+        for call in calls:
+            call.error = exc
+        return
+    if len(calls) == 1:
+        calls[0].logits, calls[0].rows = logits, rows
+        return
+    for n, call in enumerate(calls):  # merged calls want every logit: row k of each array is token owner[k]
+        mine = [k for k, (i, _) in enumerate(owner) if i == n]
+        call.logits = logits[mine]
+        call.rows = {key: value[mine] for key, value in rows.items()}
+
+
+class SlotCapture:
+    """What a request's decoder reads of the shared context's capture hook: its own rows of the last decode."""
+
+    def __init__(self, capture):
+        self.layers = capture.layers
+        self.parts = {key: None for key in capture.parts}
+        self._rows: dict = {}
+
+    def rows(self, key) -> np.ndarray:
+        return self._rows.get(key, np.zeros((0, 0), np.float32))
+
+
+class SlotContext(Context):
+    """Sequences [base, base + n_seq) of a shared context, seen as a context of n_seq sequences whose decodes go
+    through the batcher. Everything else (prefill, check_room) is `Context`'s own code."""
+
+    def __init__(self, shared: Context, batcher: Batcher, base: int, n_seq: int, stop: threading.Event):
+        self.shared, self.batcher, self.base, self.stop = shared, batcher, base, stop
+        self.model, self.n_seq, self.n_ctx_seq, self.n_batch = shared.model, n_seq, shared.n_ctx_seq, shared.n_batch
+        self.hook = SlotCapture(shared.hook) if shared.hook is not None else None
+
+    def decode(self, tokens: list[int], positions: list[int], seqs: list[int], outputs: list[bool]) -> np.ndarray:
+        if self.stop.is_set():
+            raise Cancelled
+        call = self.batcher.decode(_Call(self.shared, list(tokens), list(positions), [self.base + s for s in seqs],
+                                         list(outputs)))
+        if self.hook is not None:
+            self.hook._rows = call.rows
+        return call.logits
+
+    def truncate(self, seq: int, n_keep: int) -> None:
+        with self.batcher.lock:
+            self.shared.truncate(self.base + seq, n_keep)
+
+    def fork(self, src: int, dsts) -> None:
+        with self.batcher.lock:
+            self.shared.fork(self.base + src, [self.base + d for d in dsts])
+
+    def clear(self) -> None:
+        for seq in range(self.n_seq):
+            self.truncate(seq, 0)
+
+    def close(self) -> None:
+        """The shared context belongs to the runtime."""

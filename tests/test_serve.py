@@ -1,0 +1,241 @@
+"""`specguard-local serve`: a real server process on 127.0.0.1, real llama.cpp, talked to over real HTTP with the
+official `openai` client (and plain HTTP where the client would hide what is sent). Tiny random models for the
+protocol, the faults and the slots; the embedded pair where answers must be right."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from specguard_local import api
+from specguard_local.runtime import Runtime, RuntimeConfig
+from specguard_local.signals import Profile
+from tiny_gguf import write_tiny_model
+
+QUESTION = "Tell me a long story about numbers."
+N_CTX = 2048
+LONG = 1800  # tokens: a stream still running when the test acts on it
+
+
+class Server:
+    """`specguard-local serve` in a child process, on a free port of 127.0.0.1."""
+
+    def __init__(self, *args: str):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "specguard_local.cli", "serve", "--port",
+                                         str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.process.communicate()[1]
+            try:
+                if self.get("/health")["status"] == "ok":
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise AssertionError("the server did not come up")
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, body, headers: dict | None = None) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + "/v1/chat/completions", data=data, method="POST",
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def client(self, api_key: str = "none") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0)
+
+    def idle(self, timeout: float = 10.0) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.get("/health")["running"] == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, signalled: bool = False) -> tuple[int, str]:
+        """Ctrl-C (unless already `signalled`) and wait for the process to end."""
+        if not signalled:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            _, stderr = self.process.communicate(timeout=20)
+        finally:
+            self.process.kill()
+        return self.process.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=True)
+    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=32, endless=True)  # answers run to the budget
+    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=N_CTX)) as rt:
+        profile = folder / "profile.json"
+        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, taus={"signals": 0.5},
+                draft=rt.ids["draft"], target=rt.ids["target"]).save(profile)
+        yield rt, ["--draft", str(draft), "--target", str(target), "--n-ctx", str(N_CTX), "--profile", str(profile)]
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_pair):
+    server = Server(*tiny_pair[1], "--parallel", "2", "--queue", "0", "--max-tokens", "48")
+    yield server
+    server.stop()
+
+
+def ask(method="target", content=QUESTION, **extra) -> dict:
+    return {"model": method, "messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.mark.parametrize("method", ["target", "specguard", "sd"])
+def test_answers_equal_solve_streamed_or_not(tiny_pair, tiny_server, method):
+    rt, _ = tiny_pair
+    expected = api.solve(QUESTION, method, rt, max_tokens=48, profile=tiny_pair[1][-1])
+    client = tiny_server.client()
+    whole = client.chat.completions.create(model=method, messages=[{"role": "user", "content": QUESTION}],
+                                           max_tokens=48)
+    assert whole.choices[0].message.content == expected.text
+    assert whole.choices[0].finish_reason == "length"  # 48 tokens of a random model: never an end of generation
+    assert whole.usage.completion_tokens == expected.stats["tokens"]
+    extension = whole.model_extra["specguard"]
+    assert [s["text"] for s in extension["steps"]] == [s.text for s in expected.steps]
+    assert [s["verdict"] for s in extension["steps"]] == [s.verdict for s in expected.steps]
+    assert extension["stats"]["tokens"] == expected.stats["tokens"]
+
+    chunks = list(client.chat.completions.create(model=method, messages=[{"role": "user", "content": QUESTION}],
+                                                 max_tokens=48, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
+    steps = [c.model_extra["specguard"]["step"] for c in chunks if "step" in (c.model_extra.get("specguard") or {})]
+    assert [s["source"] for s in steps] == [s.source for s in expected.steps]
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].model_extra["specguard"]["stats"]["steps"] == len(expected.steps)
+    assert chunks[-1].usage.completion_tokens == expected.stats["tokens"]
+
+
+def test_models_and_health(tiny_server):
+    ids = [m.id for m in tiny_server.client().models.list()]
+    assert {"specguard", "target", "draft", "sd", "trispec", "rsd"} <= set(ids)
+    health = tiny_server.get("/health")
+    assert health["status"] == "ok" and health["slots"] == 2
+
+
+def test_stop_strings_cut_the_answer(tiny_pair, tiny_server):
+    full = tiny_server.client().chat.completions.create(**ask(max_tokens=48)).choices[0].message.content
+    stop = full[10:13]
+    cut = tiny_server.client().chat.completions.create(**ask(max_tokens=48, stop=[stop]))
+    assert cut.choices[0].message.content == full[:full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = tiny_server.client().chat.completions.create(**ask(max_tokens=48, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == full[:full.index(stop)]
+
+
+@pytest.mark.parametrize("body, param", [
+    (b"{not json", None),
+    (ask("gpt-4"), "model"),
+    ({"model": "target", "messages": []}, "messages"),
+    ({"model": "target"}, "messages"),
+    (ask(content="word " * 2000), None),                # longer than the context
+    (ask(max_tokens=0), "max_tokens"),
+    (ask(temperature=-1), "temperature"),
+    (ask("specguard", k=5), "k"),                        # more candidates than --max-k
+    (ask("specguard", tau="high"), "tau"),
+    (ask("specguard", verifier="oracle"), None),         # found by the decoder, still before any step
+    (ask(stop=["a", "b", "c", "d", "e"]), "stop"),
+])
+def test_bad_input_is_a_400_and_the_server_goes_on(tiny_server, body, param):
+    status, answer = tiny_server.post(body)
+    assert status == 400, answer
+    assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["message"]
+    if param:
+        assert answer["error"]["param"] == param
+    status, answer = tiny_server.post(ask(max_tokens=4))
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+
+
+def test_a_disconnected_stream_frees_its_slot_and_a_full_server_says_503(tiny_server):
+    streams = [tiny_server.client().chat.completions.create(**ask(max_tokens=LONG, stream=True)) for _ in range(2)]
+    for stream in streams:
+        next(iter(stream))  # both slots are decoding
+    status, answer = tiny_server.post(ask(max_tokens=4))  # --queue 0: nobody may wait
+    assert status == 503 and answer["error"]["code"] == "server_busy"
+    for stream in streams:
+        stream.close()  # the client goes away mid-answer
+    assert tiny_server.idle(timeout=5.0)  # both decodes stopped at once
+    status, answer = tiny_server.post(ask(max_tokens=4))
+    assert status == 200
+
+
+def test_api_key_is_enforced(tiny_pair):
+    server = Server(*tiny_pair[1], "--api-key", "sesame")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            server.client("wrong").chat.completions.create(**ask(max_tokens=4))
+        status, _ = server.post(ask(max_tokens=4))
+        assert status == 401
+        answer = server.client("sesame").chat.completions.create(**ask(max_tokens=4))
+        assert answer.choices[0].message.content
+        assert server.get("/health")["status"] == "ok"  # health needs no key
+    finally:
+        server.stop()
+
+
+def test_sigint_ends_running_requests_and_exits_0(tiny_pair):
+    server = Server(*tiny_pair[1])
+    stream = server.client().chat.completions.create(**ask(max_tokens=LONG, stream=True))
+    chunks = iter(stream)
+    next(chunks)
+    start = time.time()
+    server.process.send_signal(signal.SIGINT)
+    with pytest.raises(openai.APIError, match="shutting down"):  # the stream ends with an error event
+        for _ in chunks:
+            pass
+    code, stderr = server.stop(signalled=True)
+    assert code == 0, stderr
+    assert time.time() - start < 10
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.real
+def test_concurrent_clients_all_get_right_answers(real_runtime):
+    server = Server("--parallel", "4", "--n-ctx", "1024")
+    questions = [(f"What is {a} + {b}? Answer with the number only.", a + b) for a, b in
+                 [(12, 30), (7, 8), (25, 25), (100, 23), (41, 17), (20, 22), (64, 36), (55, 44)]]
+    try:
+        expected = api.solve(questions[0][0], "specguard", real_runtime, max_tokens=96)
+        answer = server.client().chat.completions.create(
+            model="specguard", messages=[{"role": "user", "content": questions[0][0]}], max_tokens=96)
+        assert answer.choices[0].message.content == expected.text  # alone on the server: exactly `solve`
+
+        def run(i: int) -> str:
+            return server.client().chat.completions.create(
+                model=["target", "specguard"][i % 2], messages=[{"role": "user", "content": questions[i][0]}],
+                max_tokens=160).choices[0].message.content
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 8 requests from 4 clients, decoded together
+            answers = list(pool.map(run, range(8)))
+        for (question, total), text in zip(questions, answers):
+            assert str(total) in text, (question, text)
+    finally:
+        server.stop()
