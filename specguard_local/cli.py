@@ -152,7 +152,14 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
         click.echo(click.style(f"\nAnswer: {result.answer if result.answer is not None else '(none found)'}",
                                bold=True))
         click.echo(stats_line(result.stats), err=True)
+        if result.stats["ended"] in ENDED:
+            click.echo(ENDED[result.stats["ended"]].format(max_tokens=max_tokens, n_ctx=n_ctx), err=True)
 
+
+ENDED = {"budget": "note: the answer was cut at the --max-tokens budget ({max_tokens} tokens); raise it for a longer "
+                    "answer",
+         "context": "note: the answer was cut because the context is full (prompt + answer = --n-ctx {n_ctx} "
+                    "tokens); raise --n-ctx"}
 
 SCORE_LABELS = {"r": "r", "logprob_norm": "l̃", "grounding_norm": "g̃", "judge": "judge", "probe_safe": "probe"}
 
@@ -177,7 +184,7 @@ def stats_line(stats: dict) -> str:
                   f"accepted per drafting round {stats['accepted_len_mean']:.2f}"]
     elif stats["acceptance_rate"] is not None:
         parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
-                  f"target called on {stats['target_call_fraction']:.0%} of steps"]
+                  f"target wrote {stats['target_call_fraction']:.0%} of the tokens"]
     control = stats.get("control")
     if control and control["adapt"] and control["reason"]:
         parts.append(("kept drafting: " if control["speculating"] else "stopped drafting: ") + control["reason"])
