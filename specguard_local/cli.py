@@ -381,6 +381,10 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Problems to skip first.")
 @click.option("--methods", default="target,draft,specguard", show_default=True,
               help="Comma-separated methods, run one after the other on each problem.")
+@click.option("--grid", multiple=True, metavar="FIELD=V1,V2",
+              help="A Pareto sweep: specguard variants for every combination of the given values (repeatable: "
+                   "--grid tau=0.5,0.7 --grid k=1,4 gives 4 variants), run interleaved with --methods, which then "
+                   "serve as reference points; the report adds pareto.png.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for rows.jsonl, meta.json, report.md and accuracy_latency.png; the same folder resumes.")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, stored in every row.")
@@ -396,7 +400,7 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
               help="Calibration profile [default: the shipped one for the default pair].")
 @model_options
 @friendly_errors
-def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, no_adapt, tau, beta, probe_path, profile,
+def bench(dataset, limit, offset, methods, grid, out, seed, max_tokens, k, verifier, no_adapt, tau, beta, probe_path, profile,
           draft, target, models_dir, n_ctx, threads, n_gpu_layers):
     """Benchmark methods on a math test set: accuracy and speed, one solve per (problem, method).
 
@@ -406,7 +410,9 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, n
     so slow drift of the machine hits them all alike.
 
     A method may carry option overrides after ':' so that variants run interleaved in one bench, e.g.
-    `--methods target,specguard:verifier=signals,specguard:verifier=target-judge:tau=0.6`.
+    `--methods target,specguard:verifier=signals,specguard:verifier=target-judge:tau=0.6`; `--grid` writes such
+    variants for every combination of values (a Pareto sweep: pareto.png marks the frontier of accuracy against
+    speed-up, with the plain methods as reference points).
 
     Each finished solve is appended to OUT/rows.jsonl at once: rerunning with the same --out (after a crash, Ctrl-C
     or with a larger --limit) skips what is done; other models or options are refused there.
@@ -418,11 +424,11 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, n
     Example:
       specguard-local bench --dataset gsm8k --limit 50 --out runs/gsm8k
     """
-    from .bench import parse_methods, run_bench
+    from .bench import grid_methods, parse_methods, run_bench
     from .datasets import load_problems
     from .decoders.options import Options
 
-    method_names = parse_methods(methods)
+    method_names = list(dict.fromkeys(parse_methods(methods) + grid_methods(grid)))
     problems = load_problems(dataset, limit=offset + limit)[offset:]
     if not problems:
         raise SpecGuardError(f"{dataset} has no problems from --offset {offset}")
