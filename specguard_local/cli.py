@@ -57,6 +57,14 @@ def model_options(fn):
     return fn
 
 
+def calibration_options(fn):
+    """--probe and --profile: the files a run takes its verifier's probe and thresholds from."""
+    fn = click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+                      help="Calibration profile [default: the shipped one for the default pair].")(fn)
+    return click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
+                        help="Probe file for the probe verifier [default: the shipped one].")(fn)
+
+
 def make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers):
     from .runtime import Runtime, RuntimeConfig
 
@@ -394,10 +402,7 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 @click.option("--no-adapt", is_flag=True, help="specguard: always draft (see `solve --help`).")
 @click.option("--tau", type=float, default=None, help="The verifier's threshold [default: the profile's].")
 @click.option("--beta", type=float, default=None, help="Weight of the log-prob score in r [default: the profile's].")
-@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
-              help="Probe file for the probe verifier [default: the shipped one].")
-@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
-              help="Calibration profile [default: the shipped one for the default pair].")
+@calibration_options
 @model_options
 @friendly_errors
 def bench(dataset, limit, offset, methods, grid, out, seed, max_tokens, k, verifier, no_adapt, tau, beta, probe_path, profile,
@@ -457,10 +462,7 @@ def bench(dataset, limit, offset, methods, grid, out, seed, max_tokens, k, verif
               help="Require `Authorization: Bearer KEY` on every request but /health [env SPECGUARD_API_KEY].")
 @click.option("--max-tokens", default=1024, show_default=True, help="Token budget of a request that sets none.")
 @click.option("--verifier", default=None, help="specguard's verifier when a request sets none (see `solve --help`).")
-@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
-              help="Probe file for the probe verifier [default: the shipped one].")
-@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
-              help="Calibration profile [default: the shipped one for the default pair].")
+@calibration_options
 @model_options
 @friendly_errors
 def serve(host, port, parallel, queue, max_k, api_key, max_tokens, verifier, probe_path, profile, draft, target,
