@@ -17,6 +17,7 @@ import signal
 import threading
 from contextlib import contextmanager
 
+
 class Cancelled(Exception):
     """A request's decoding was stopped from outside (client gone, stop string, server shutting down)."""
 
