@@ -201,13 +201,14 @@ def test_api_key_is_enforced(tiny_pair):
         server.stop()
 
 
-def test_sigint_ends_running_requests_and_exits_0(tiny_pair):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_running_requests_and_exits_0(tiny_pair, sig):
     server = Server(*tiny_pair[1])
     stream = server.client().chat.completions.create(**ask(max_tokens=LONG, stream=True))
     chunks = iter(stream)
     next(chunks)
     start = time.time()
-    server.process.send_signal(signal.SIGINT)
+    server.process.send_signal(sig)
     with pytest.raises(openai.APIError, match="shutting down"):  # the stream ends with an error event
         for _ in chunks:
             pass
