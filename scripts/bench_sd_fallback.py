@@ -49,8 +49,8 @@ def main():
                     rate, steps = tokens_per_second(rt, method, opts)
                     rates[method].append(rate)
     target_rate, sd_rate = statistics.median(rates["target"]), statistics.median(rates["sd"])
-    accepted = sum(s.scores["accepted"] for s in steps)
-    drafted = sum(s.scores["drafted"] for s in steps)
+    accepted = sum(s.accepted for s in steps)
+    drafted = sum(s.drafted for s in steps)
     ratios = [s / t for s, t in zip(rates["sd"], rates["target"])]
     print(f"target {target_rate:.0f} tok/s, sd {sd_rate:.0f} tok/s: ratio of medians {sd_rate / target_rate:.3f} "
           f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}); last sd run: {sum(len(s.tokens) for s in steps)} "

@@ -43,28 +43,23 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
     for step in steps:
         for name, seconds in step.timings.items():
             timings[name] = timings.get(name, 0.0) + seconds
-    judged = [s for s in steps if s.verdict in ("accepted", "rejected")]
-    drafted = sum(s.scores.get("drafted", 0) for s in steps)  # token-level SD: acceptance of drafted tokens
+    judged = [s for s in steps if s.verdict in ("accepted", "rejected")]  # step level: one verdict per draft step
+    drafted = sum(s.drafted for s in steps)  # token level: drafted tokens, some accepted
     stats = {"tokens": n_tokens, "steps": len(steps), "wall_s": wall_s,
              "tokens_per_s": n_tokens / wall_s if wall_s > 0 else 0.0,
              "acceptance_rate": (sum(s.verdict == "accepted" for s in judged) / len(judged) if judged else
-                                 sum(s.scores.get("accepted", 0) for s in steps) / drafted if drafted else None),
-             "target_call_fraction": target_call_fraction(steps, n_tokens),
+                                 sum(s.accepted for s in steps) / drafted if drafted else None),
+             # share of the answer's tokens the target wrote or had to check
+             "target_call_fraction": sum(s.target_tokens for s in steps) / n_tokens if n_tokens else 0.0,
              # token-level SD: the draft length it chose and the proposals accepted per drafting round
              "draft_len_mean": steps[-1].scores.get("draft_len_mean") if steps else None,
              "accepted_len_mean": steps[-1].scores.get("accepted_len_mean") if steps else None,
              "timings": timings,
              # step-level speculation: what the cost-aware controller measured and chose (decoders/controller.py)
-             "control": steps[-1].control if steps and steps[-1].control else None}
+             "control": steps[-1].control if steps and steps[-1].control else None,
+             "ended": steps[-1].stop if steps else None}  # eos, budget or context (decoders/drivers.py)
     return Result(question=question, method=method, text=text, answer=extract_answer(text), steps=steps,
                   stats=stats)
-
-
-def target_call_fraction(steps: list[Step], n_tokens: int) -> float:
-    """Share of steps the target wrote; for trispec, share of tokens whose emission needed the target."""
-    if any("target_tokens" in s.scores for s in steps):
-        return sum(s.scores["target_tokens"] for s in steps) / max(n_tokens, 1)
-    return sum(s.source == "target" for s in steps) / len(steps) if steps else 0.0
 
 
 def solve(question: str, method: str = "specguard", runtime: Runtime | None = None, **options) -> Result:

@@ -24,11 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cancel import Cancelled
 from .engine import Context
-
-
-class Cancelled(Exception):
-    """A request's decoding was stopped from outside (disconnect, stop string, shutdown)."""
 
 
 @dataclass

@@ -47,6 +47,21 @@ def parse_methods(spec: str) -> list[str]:
     return names
 
 
+def grid_methods(grid: tuple[str, ...], method: str = "specguard") -> list[str]:
+    """Variants of `method` for every combination of the grid's values: ("tau=0.5,0.7", "k=1,4") gives
+    specguard:tau=0.5:k=1, specguard:tau=0.5:k=4, specguard:tau=0.7:k=1, specguard:tau=0.7:k=4."""
+    variants = [method]
+    for axis in grid:
+        key, _, values = axis.partition("=")
+        choices = [value.strip() for value in values.split(",") if value.strip()]
+        if not key or not choices:
+            raise SpecGuardError(f"bad --grid {axis!r}; write field=value,value (e.g. tau=0.5,0.7)")
+        variants = [f"{variant}:{key.strip()}={value}" for variant in variants for value in choices]
+    for variant in variants:
+        method_variant(variant)
+    return variants if grid else []
+
+
 def method_variant(spec: str) -> tuple[str, dict]:
     """("specguard", {"verifier": "probe", "tau": 0.5}) from "specguard:verifier=probe:tau=0.5"."""
     name, *assignments = spec.split(":")

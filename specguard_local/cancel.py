@@ -1,4 +1,8 @@
-"""Cancellation: Ctrl-C (or any caller of `request`) stops a run at once, without an exception ever crossing C.
+"""Cancellation: a stop is a flag honoured at the next decode boundary, never an exception raised inside C.
+
+Two scopes, one rule. Per request (`specguard-local serve`: a client gone, a stop string, the server shutting down):
+the request's own event, checked by its `batching.SlotContext` before each decode, which then raises `Cancelled`.
+Per process (Ctrl-C in solve, bench, calibrate, study): below.
 
 Python's default SIGINT handler raises KeyboardInterrupt at the next bytecode of the main thread. While SpecGuard
 drafts, that bytecode is often inside the attention eval callback, which llama.cpp calls from C: ctypes then prints
@@ -12,6 +16,11 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
+
+
+class Cancelled(Exception):
+    """A request's decoding was stopped from outside (client gone, stop string, server shutting down)."""
+
 
 _requested = threading.Event()
 _in_decode = threading.Event()

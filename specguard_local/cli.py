@@ -57,6 +57,14 @@ def model_options(fn):
     return fn
 
 
+def calibration_options(fn):
+    """--probe and --profile: the files a run takes its verifier's probe and thresholds from."""
+    fn = click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+                      help="Calibration profile [default: the shipped one for the default pair].")(fn)
+    return click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
+                        help="Probe file for the probe verifier [default: the shipped one].")(fn)
+
+
 def make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers):
     from .runtime import Runtime, RuntimeConfig
 
@@ -152,7 +160,14 @@ def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_lay
         click.echo(click.style(f"\nAnswer: {result.answer if result.answer is not None else '(none found)'}",
                                bold=True))
         click.echo(stats_line(result.stats), err=True)
+        if result.stats["ended"] in ENDED:
+            click.echo(ENDED[result.stats["ended"]].format(max_tokens=max_tokens, n_ctx=n_ctx), err=True)
 
+
+ENDED = {"budget": "note: the answer was cut at the --max-tokens budget ({max_tokens} tokens); raise it for a longer "
+                    "answer",
+         "context": "note: the answer was cut because the context is full (prompt + answer = --n-ctx {n_ctx} "
+                    "tokens); raise --n-ctx"}
 
 SCORE_LABELS = {"r": "r", "logprob_norm": "l̃", "grounding_norm": "g̃", "judge": "judge", "probe_safe": "probe"}
 
@@ -177,7 +192,7 @@ def stats_line(stats: dict) -> str:
                   f"accepted per drafting round {stats['accepted_len_mean']:.2f}"]
     elif stats["acceptance_rate"] is not None:
         parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
-                  f"target called on {stats['target_call_fraction']:.0%} of steps"]
+                  f"target wrote {stats['target_call_fraction']:.0%} of the tokens"]
     control = stats.get("control")
     if control and control["adapt"] and control["reason"]:
         parts.append(("kept drafting: " if control["speculating"] else "stopped drafting: ") + control["reason"])
@@ -374,6 +389,10 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Problems to skip first.")
 @click.option("--methods", default="target,draft,specguard", show_default=True,
               help="Comma-separated methods, run one after the other on each problem.")
+@click.option("--grid", multiple=True, metavar="FIELD=V1,V2",
+              help="A Pareto sweep: specguard variants for every combination of the given values (repeatable: "
+                   "--grid tau=0.5,0.7 --grid k=1,4 gives 4 variants), run interleaved with --methods, which then "
+                   "serve as reference points; the report adds pareto.png.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for rows.jsonl, meta.json, report.md and accuracy_latency.png; the same folder resumes.")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, stored in every row.")
@@ -383,13 +402,10 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
 @click.option("--no-adapt", is_flag=True, help="specguard: always draft (see `solve --help`).")
 @click.option("--tau", type=float, default=None, help="The verifier's threshold [default: the profile's].")
 @click.option("--beta", type=float, default=None, help="Weight of the log-prob score in r [default: the profile's].")
-@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
-              help="Probe file for the probe verifier [default: the shipped one].")
-@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
-              help="Calibration profile [default: the shipped one for the default pair].")
+@calibration_options
 @model_options
 @friendly_errors
-def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, no_adapt, tau, beta, probe_path, profile,
+def bench(dataset, limit, offset, methods, grid, out, seed, max_tokens, k, verifier, no_adapt, tau, beta, probe_path, profile,
           draft, target, models_dir, n_ctx, threads, n_gpu_layers):
     """Benchmark methods on a math test set: accuracy and speed, one solve per (problem, method).
 
@@ -399,7 +415,9 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, n
     so slow drift of the machine hits them all alike.
 
     A method may carry option overrides after ':' so that variants run interleaved in one bench, e.g.
-    `--methods target,specguard:verifier=signals,specguard:verifier=target-judge:tau=0.6`.
+    `--methods target,specguard:verifier=signals,specguard:verifier=target-judge:tau=0.6`; `--grid` writes such
+    variants for every combination of values (a Pareto sweep: pareto.png marks the frontier of accuracy against
+    speed-up, with the plain methods as reference points).
 
     Each finished solve is appended to OUT/rows.jsonl at once: rerunning with the same --out (after a crash, Ctrl-C
     or with a larger --limit) skips what is done; other models or options are refused there.
@@ -411,11 +429,11 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, n
     Example:
       specguard-local bench --dataset gsm8k --limit 50 --out runs/gsm8k
     """
-    from .bench import parse_methods, run_bench
+    from .bench import grid_methods, parse_methods, run_bench
     from .datasets import load_problems
     from .decoders.options import Options
 
-    method_names = parse_methods(methods)
+    method_names = list(dict.fromkeys(parse_methods(methods) + grid_methods(grid)))
     problems = load_problems(dataset, limit=offset + limit)[offset:]
     if not problems:
         raise SpecGuardError(f"{dataset} has no problems from --offset {offset}")
@@ -444,10 +462,7 @@ def bench(dataset, limit, offset, methods, out, seed, max_tokens, k, verifier, n
               help="Require `Authorization: Bearer KEY` on every request but /health [env SPECGUARD_API_KEY].")
 @click.option("--max-tokens", default=1024, show_default=True, help="Token budget of a request that sets none.")
 @click.option("--verifier", default=None, help="specguard's verifier when a request sets none (see `solve --help`).")
-@click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),
-              help="Probe file for the probe verifier [default: the shipped one].")
-@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
-              help="Calibration profile [default: the shipped one for the default pair].")
+@calibration_options
 @model_options
 @friendly_errors
 def serve(host, port, parallel, queue, max_k, api_key, max_tokens, verifier, probe_path, profile, draft, target,

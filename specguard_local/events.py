@@ -14,7 +14,11 @@ class Step:
     tokens: list[int]
     source: str                 # "draft" or "target": the model whose tokens were kept
     verdict: str                # "accepted" (draft kept), "rejected" (target rewrote it) or "generated" (baselines)
-    stop: str                   # "step" ("\\n\\n"), "eos" (end of generation) or "cap" (token cap or budget)
+    stop: str                   # "step" ("\\n\\n") or "cap" (--max-step-tokens); the last step: why the answer
+                                # ended, "eos", "budget" (--max-tokens) or "context" (the context is full)
+    drafted: int = 0            # draft tokens proposed and judged while producing this step
+    accepted: int = 0           # of them, the ones kept
+    target_tokens: int = 0      # tokens of this step the target wrote or had to check
     scores: dict[str, float] = field(default_factory=dict)
     candidates: list[dict] = field(default_factory=list)
     chosen: int = 0

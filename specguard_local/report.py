@@ -121,6 +121,8 @@ def write_report(rows: list[dict], out_dir: Path, title: str, meta: dict) -> tup
     markdown_path.write_text(render_markdown(summary, title, meta, datasets), encoding="utf-8")
     plot_path = out_dir / "accuracy_latency.png"
     plot_accuracy_latency(summary, title, plot_path)
+    if any(":" in entry["method"] for entry in summary):
+        plot_pareto(summary, title, out_dir / "pareto.png")
     return markdown_path, plot_path
 
 
@@ -186,4 +188,38 @@ def plot_accuracy_latency(summary: list[dict], title: str, path: Path) -> None:
     axes.margins(x=0.15)
     axes.set_title(title)
     axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (higher is better on each)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(u >= x and v >= y and (u, v) != (x, y) for u, v in points)]
+
+
+def plot_pareto(summary: list[dict], title: str, path: Path) -> None:
+    """Accuracy against speed-up vs target-only, one point per setting; the Pareto frontier of the variants
+    (`name:field=value`) is joined, plain methods are reference points."""
+    entries = [e for e in summary if e["speedup_vs_target"] is not None]
+    variants = [e for e in entries if ":" in e["method"]]
+    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    front = [variants[i] for i in pareto_front([(e["speedup_vs_target"], e["accuracy"]) for e in variants])]
+    front.sort(key=lambda e: e["speedup_vs_target"])
+    axes.plot([e["speedup_vs_target"] for e in front], [e["accuracy"] for e in front], "-", color="tab:red",
+              alpha=0.6, label="Pareto frontier")
+    for entry in entries:
+        variant = ":" in entry["method"]
+        axes.plot(entry["speedup_vs_target"], entry["accuracy"], "o" if variant else "s",
+                  color="tab:red" if entry in front else "tab:blue" if variant else "black")
+        axes.annotate(entry["method"].split(":", 1)[-1] if variant else entry["method"],
+                      (entry["speedup_vs_target"], entry["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                      fontsize=7)
+    axes.axvline(1.0, color="gray", lw=0.8, ls="--")
+    axes.set_xlabel("speed-up vs target-only (same problems, same run)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left")
     figure.savefig(path, dpi=120)

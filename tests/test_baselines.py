@@ -30,7 +30,7 @@ def test_trispec_trusting_nothing_is_target_greedy(real_runtime):
     cascade = run(real_runtime, "trispec", lam=1.01)  # the proxy is never trusted: the target checks every token
     plain = run(real_runtime, "target")
     assert sum(s.scores["proxy_tokens"] for s in cascade) == 0
-    assert sum(s.scores["target_tokens"] for s in cascade) == sum(len(s.tokens) for s in cascade)
+    assert sum(s.target_tokens for s in cascade) == sum(len(s.tokens) for s in cascade)
     a = [t for s in cascade for t in s.tokens]
     b = [t for s in plain for t in s.tokens]
     assert a[:16] == b[:16]  # batch-shape numerics may flip a later near-tie, as for sd
@@ -39,7 +39,7 @@ def test_trispec_trusting_nothing_is_target_greedy(real_runtime):
 @pytest.mark.real
 def test_trispec_trusting_everything_never_calls_the_target(real_runtime):
     steps = run(real_runtime, "trispec", lam=0.0)
-    assert steps and sum(s.scores["target_tokens"] for s in steps) == 0
+    assert steps and sum(s.target_tokens for s in steps) == 0
     result = api.summarize("trispec", QUESTION, steps, 1.0)
     assert result.stats["target_call_fraction"] == 0.0
 

@@ -162,3 +162,14 @@ def test_variants_run_interleaved_as_their_own_rows(tiny_runtime, problems_file,
     short = [row for row in rows if row["method"] == methods[1]]
     assert all(row["steps"] >= 4 for row in short)  # 16 tokens in steps of at most 4
     assert "target:max_step_tokens=4" in (tmp_path / "report.md").read_text()
+
+
+def test_a_grid_is_every_combination_of_its_values():
+    from specguard_local.bench import grid_methods
+
+    assert grid_methods(("tau=0.5,0.7", "k=1,4")) == ["specguard:tau=0.5:k=1", "specguard:tau=0.5:k=4",
+                                                      "specguard:tau=0.7:k=1", "specguard:tau=0.7:k=4"]
+    assert grid_methods(()) == []
+    for axis, message in (("tau", "bad --grid"), ("tau=", "bad --grid"), ("magic=1,2", "bad option")):
+        with pytest.raises(SpecGuardError, match=message):
+            grid_methods((axis,))

@@ -91,6 +91,12 @@ def test_question_longer_than_the_context():
                        "context")
 
 
+def test_an_answer_cut_by_the_context_says_so():
+    done = cli("solve", "--method", "target", "--n-ctx", "128", NATALIA)  # the prompt alone is about 100 tokens
+    assert done.returncode == 0, done.stderr
+    assert "context is full" in done.stderr and "--n-ctx" in done.stderr
+
+
 def test_models_list_and_path():
     listed = cli("models", "list", "--json")
     assert listed.returncode == 0

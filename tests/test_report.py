@@ -89,3 +89,16 @@ def test_paper_reference_rows_are_rendered(tmp_path, monkeypatch):
     markdown = markdown_path.read_text(encoding="utf-8")
     assert "paper reference" in markdown
     assert "| gsm8k | specguard | 0.500 |" in markdown
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1.0, 0.5), (1.2, 0.5), (0.9, 0.6), (1.1, 0.4), (1.2, 0.45)]
+    assert report.pareto_front(points) == [1, 2]
+
+
+def test_a_sweep_report_draws_its_pareto_plot(tmp_path):
+    rows = ROWS + [make_row("specguard:tau=0.5", "p0", True, 1.5), make_row("specguard:tau=0.5", "p1", True, 5.0)]
+    write_report(rows, tmp_path, "sweep", {})
+    assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    write_report(ROWS, tmp_path / "plain", "no sweep", {})
+    assert not (tmp_path / "plain" / "pareto.png").exists()

@@ -33,7 +33,7 @@ def test_greedy_sd_is_the_targets_greedy_output_up_to_near_ties(real_runtime, dr
     sd_steps = list(api.stream(real_runtime, question, "sd",
                                Options(max_tokens=96, draft_max=draft_max, draft_fixed=True)))
     sd_tokens = [t for s in sd_steps for t in s.tokens]
-    assert sum(s.scores["accepted"] for s in sd_steps) > 0  # the verification path really ran
+    assert sum(s.accepted for s in sd_steps) > 0  # the verification path really ran
     target_tokens = generated_tokens(real_runtime, "target", question, max_tokens=96)
     logits = full_sequence_logits(real_runtime.model("target"), prompt + sd_tokens)
     # every emitted token is the target's argmax (up to a near-tie) given the tokens before it
@@ -65,8 +65,8 @@ def test_cost_aware_sd_settles_on_plain_decoding_when_the_draft_always_disagrees
     draft_path = write_tiny_model(tmp_path / "draft.gguf", seed=1)  # same vocabulary, unrelated weights
     with Runtime(RuntimeConfig(draft=str(draft_path), target=str(target_path), n_ctx=512)) as rt:
         steps = list(api.stream(rt, "hello there", "sd", Options(max_tokens=150, draft_max=4)))
-    accepted = sum(s.scores["accepted"] for s in steps)
-    drafted = sum(s.scores["drafted"] for s in steps)
+    accepted = sum(s.accepted for s in steps)
+    drafted = sum(s.drafted for s in steps)
     assert accepted <= 0.1 * drafted
     assert steps[-1].scores["draft_len_mean"] < 1.0  # mostly n = 0: plain target decoding
 

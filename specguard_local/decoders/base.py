@@ -15,6 +15,7 @@ import numpy as np
 
 from ..attention import HIDDEN, Capture
 from ..engine import Context, Sampling, logprob_and_entropy, sample
+from ..signals import select
 
 STEP_BOUNDARY = b"\n\n"
 
@@ -157,29 +158,10 @@ def _collect(capture: Capture, live: list[Candidate]) -> None:
             cand.hidden_sum = row.astype(np.float64) if cand.hidden_sum is None else cand.hidden_sum + row
 
 
-def finished(stop: str, n_generated: int, n_context: int, opts, n_ctx_seq: int) -> bool:
-    """A step-level decoder ends at end-of-generation, on its token budget, or when the context is full."""
-    return stop == "eos" or n_generated >= opts.max_tokens or n_context >= n_ctx_seq
-
-
-@dataclass
-class StepCutter:
-    """Cuts the token stream of a token-level decoder (sd, trispec) into steps, at the same boundaries as
-    `sample_steps`: "\\n\\n" or an end-of-generation token."""
-
-    model: object
-    tokens: list[int] = field(default_factory=list)
-    data: bytes = b""
-
-    def push(self, token: int) -> str:
-        """Add one token; return the stop reason if it ends a step, else ""."""
-        self.tokens.append(token)
-        self.data += self.model.piece(token)
-        if self.model.is_eog(token):
-            return "eos"
-        return "step" if STEP_BOUNDARY in self.data.lstrip() else ""
-
-    def take(self) -> tuple[list[int], str]:
-        """The current step's tokens and text; starts a new step."""
-        tokens, self.tokens, self.data = self.tokens, [], b""
-        return tokens, self.model.detokenize(tokens)
+def write_step(session: Session, opts, rng: np.random.Generator, budget: int) -> tuple[Candidate, int]:
+    """One model writes the next step itself: k samples and the selector's choice (greedy when k = 1); the session
+    continues from it. Returns the step and the chosen candidate's index."""
+    cands = sample_steps(session, opts.k, opts.sampling, rng, budget, session.ctx.hook)
+    chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
+    session.adopt(cands[chosen])
+    return cands[chosen], chosen

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..engine import Sampling, sample
 from ..events import Step
-from .base import StepCutter
+from .drivers import token_loop
 from .options import Options
 
 PROBE_EVERY = 16
@@ -128,30 +128,27 @@ def probs(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     target, draft = rt.session("target"), rt.session("draft")
-    model, temperature = target.ctx.model, opts.sampling.temperature
+    temperature = opts.sampling.temperature
     plain = Sampling(temperature=temperature, top_p=1.0)
     rng, cost = np.random.default_rng(opts.seed), CostModel(opts.draft_max)
     target.sync(prompt[:-1])
-    tokens, pending = list(prompt[:-1]), prompt[-1]  # `tokens` are in the target's KV cache; `pending` is not yet
-    generated, cutter, step_start, index = 0, StepCutter(model), time.perf_counter(), 0
-    counted = (0, 0)  # cost.drafted, cost.accepted when the current step began
-    while True:
-        room = min(opts.max_tokens - generated, target.ctx.n_ctx_seq - len(tokens) - 1) - 1
-        n = max(min(opts.draft_max if opts.draft_fixed else cost.choose(), room), 0)
+    pending = prompt[-1]  # the target's KV cache holds everything before `pending`, which it reads next round
+
+    def next_round(room: int) -> tuple[list[int], dict, dict]:
+        nonlocal pending
+        n = max(min(opts.draft_max if opts.draft_fixed else cost.choose(), room - 1), 0)
         start = time.perf_counter()
         proposals, draft_logits, caught_up, synced = [], [], 0, start
         if n:
-            caught_up = draft.sync(tokens + [pending])
+            caught_up = draft.sync(target.tokens + [pending])
             synced = time.perf_counter()
             for _ in range(n):
                 proposals.append(sample(draft.logits, plain, rng))
                 draft_logits.append(draft.logits)
-                draft.logits = draft.ctx.decode(proposals[-1:], [len(draft.tokens)], [draft.seq], [True])[0]
-                draft.tokens.append(proposals[-1])
+                draft.extend(proposals[-1:])
         drafted = time.perf_counter()
-        batch = [pending] + proposals
-        logits = target.ctx.decode(batch, list(range(len(tokens), len(tokens) + len(batch))),
-                                   [target.seq] * len(batch), [True] * len(batch))
+        n_before = len(target.tokens)
+        logits = target.extend([pending] + proposals)  # the pending token and every proposal, one batch
         accepted, correction = 0, None
         for i, token in enumerate(proposals):
             if temperature <= 0:
@@ -164,21 +161,11 @@ def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                 break
             accepted += 1
         emitted = proposals[:accepted] + [correction if correction is not None else sample(logits[accepted], plain, rng)]
-        target.ctx.truncate(target.seq, len(tokens) + 1 + accepted)  # drop rejected proposals from the KV cache
+        target.rewind(n_before + 1 + accepted, logits[accepted])  # drop the rejected proposals from the KV cache
         cost.update(n, accepted, time.perf_counter() - start, synced - start, caught_up, drafted - synced)
-        tokens += [pending] + proposals[:accepted]
         pending = emitted[-1]
-        generated += len(emitted)
-        full = generated >= opts.max_tokens or len(tokens) + 2 >= target.ctx.n_ctx_seq
-        for position, token in enumerate(emitted):
-            stop = cutter.push(token) or ("cap" if full and position == len(emitted) - 1 else "")
-            if stop:
-                step, text = cutter.take()
-                yield Step(index=index, text=text, tokens=step, source="target", verdict="generated", stop=stop,
-                           scores={"drafted": cost.drafted - counted[0], "accepted": cost.accepted - counted[1],
-                                   "draft_len_mean": float(np.mean(cost.chosen)), "draft_len_last": cost.chosen[-1],
-                                   "accepted_len_mean": cost.accepted_len_mean},
-                           timings={"sd": time.perf_counter() - step_start})
-                if stop != "step":
-                    return
-                step_start, index, counted = time.perf_counter(), index + 1, (cost.drafted, cost.accepted)
+        return emitted, {"drafted": n, "accepted": accepted, "target_tokens": len(emitted)}, {
+            "draft_len_mean": float(np.mean(cost.chosen)), "draft_len_last": cost.chosen[-1],
+            "accepted_len_mean": cost.accepted_len_mean}
+
+    yield from token_loop(target.ctx.model, prompt, opts, target.ctx.n_ctx_seq, "sd", next_round)

@@ -9,8 +9,8 @@ from typing import Iterator
 import numpy as np
 
 from ..events import Step
-from ..signals import select
-from .base import finished, sample_steps
+from .base import write_step
+from .drivers import step_loop
 from .options import Options
 
 
@@ -18,23 +18,17 @@ def single(rt, role: str, prompt: list[int], opts: Options) -> Iterator[Step]:
     session = rt.session(role, n_seq=opts.k, hidden=opts.k > 1)
     session.sync(prompt)
     rng = np.random.default_rng(opts.seed)
-    generated, index = 0, 0
-    while True:
+
+    def write(tokens: list[int], budget: int) -> Step:
         start = time.perf_counter()
-        cands = sample_steps(session, opts.k, opts.sampling, rng,
-                             min(opts.max_step_tokens, opts.max_tokens - generated),
-                             session.ctx.hook)
-        chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
-        cand = cands[chosen]
-        session.adopt(cand)
-        generated += len(cand.tokens)
-        yield Step(index=index, text=session.ctx.model.detokenize(cand.tokens), tokens=cand.tokens, source=role,
-                   verdict="generated", stop=cand.stop, chosen=chosen,
-                   scores={"logprob_min": min(cand.logprobs), "logprob_mean": float(np.mean(cand.logprobs))},
-                   timings={role: time.perf_counter() - start})
-        index += 1
-        if finished(cand.stop, generated, len(session.tokens), opts, session.ctx.n_ctx_seq):
-            return
+        cand, chosen = write_step(session, opts, rng, budget)
+        return Step(index=0, text=session.ctx.model.detokenize(cand.tokens), tokens=cand.tokens, source=role,
+                    verdict="generated", stop=cand.stop, chosen=chosen,
+                    target_tokens=len(cand.tokens) if role == "target" else 0,
+                    scores={"logprob_min": min(cand.logprobs), "logprob_mean": float(np.mean(cand.logprobs))},
+                    timings={role: time.perf_counter() - start})
+
+    yield from step_loop(prompt, opts, session.ctx.n_ctx_seq, write)
 
 
 def target(rt, prompt: list[int], opts: Options) -> Iterator[Step]:

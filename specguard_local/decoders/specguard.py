@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -34,101 +34,136 @@ from ..errors import SpecGuardError
 from ..events import Step
 from ..probe import Probe, default_probe_path
 from ..signals import Profile, pair_profile, select
-from .base import Candidate, Session, finished, sample_steps
+from .base import Candidate, Session, sample_steps, write_step
 from .controller import Controller
+from .drivers import step_loop
 from .options import Options
-from .verifiers import Grounding, parse_verifier, read_step
+from .verifiers import Grounding, Verifier, parse_verifier, read_step
 
 
 def specguard(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
-    profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
-    verifier = parse_verifier(opts.verifier or profile.verifier, profile, opts.tau)
-    probe = load_probe(opts, rt) if "probe" in verifier.parts else None
-    draft = rt.session("draft", n_seq=opts.k, layers=opts.layers,
-                       hidden=opts.k > 1 or (probe is not None and probe.features != "target"))
-    target = rt.session("target", n_seq=opts.k, hidden=opts.k > 1 or (probe is not None and probe.features != "draft"))
-    judged = "target-judge" in verifier.parts or (probe is not None and probe.features != "draft")
-    memory_key = ("specguard", verifier, opts.probe, opts.k, opts.layers, opts.sampling, opts.use_logprob,
-                  opts.use_grounding)
-    previous = rt.memory.get(memory_key)
-    control = previous.next_answer() if previous is not None and opts.adapt else Controller(enabled=opts.adapt)
-    rng, timings = np.random.default_rng(opts.seed), {}
-    tau_signals = dict(zip(verifier.parts, verifier.taus)).get("signals")
-    grounding = Grounding.start(draft.ctx.hook)  # the draft reads the prompt just before its first drafted step
-    hopeless = (lambda c: grounding.signals(c, profile, opts.use_logprob, opts.use_grounding)["r"] < tau_signals) if tau_signals is not None else None
-    tokens, index = list(prompt), 0
-    while True:
-        budget = min(opts.max_step_tokens, opts.max_tokens - (len(tokens) - len(prompt)))
-        start, cands, scores, chosen = time.perf_counter(), [], [{}], 0
-        if not control.speculate():  # the controller found that drafting does not pay here: the target alone
-            with clock(timings, "target_prefill"):
-                caught_up = target.sync(tokens)
-            with clock(timings, "target"):
-                step = write_step(target, opts, rng, budget)
-            control.record_target(timings["target"], len(step.tokens), timings["target_prefill"], caught_up)
-            source, verdict_name = "target", "generated"
-        else:
-            if len(draft.tokens) != len(tokens):  # the prompt, or steps the target wrote alone meanwhile
-                with clock(timings, "draft_prefill" if not draft.tokens else "draft_sync"):
-                    draft.sync(tokens)
-                    grounding.absorb_prefill()
-            draft_sync_s = timings.get("draft_prefill", 0.0) + timings.get("draft_sync", 0.0)
-            caught_up, before_judge = 0, None
-            with clock(timings, "draft"):
-                cands = sample_steps(draft, opts.k, opts.sampling, rng, budget, grounding.capture, hopeless)
-            with clock(timings, "score"):
-                chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
-                scores = [grounding.signals(c, profile, opts.use_logprob, opts.use_grounding) for c in cands]
-            step, verdict = cands[chosen], scores[chosen]
-            if judged and (tau_signals is None or verdict["r"] >= tau_signals):
-                with clock(timings, "target_prefill"):
-                    caught_up += target.sync(tokens)
-                before_judge = target.logits
-                with clock(timings, "judge"):
-                    judge, target_hidden = read_step(target, step.tokens)
-                    verdict.update(judge)
-                    if probe is not None:
-                        verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, target_hidden))
-            elif probe is not None:
-                verdict["probe_safe"] = 1.0 - probe.harm(probe_features(probe, step, None))
-            accepted = verifier.accepts(verdict)
-            if accepted:
-                source, verdict_name = "draft", "accepted"
-                draft.adopt(step)
-                grounding.absorb(step)  # a judged step is in the target's KV cache already
-            else:
-                if before_judge is not None:
-                    target.rewind(len(tokens), before_judge)  # drop the judged draft step
-                with clock(timings, "target_prefill"):
-                    caught_up += target.sync(tokens)  # catches up on the steps it has not seen
-                with clock(timings, "target"):
-                    step = write_step(target, opts, rng, budget)
-                with clock(timings, "draft_sync"):
-                    draft.sync(tokens + step.tokens)
-                    grounding.absorb_prefill()
-                source, verdict_name = "target", "rejected"
-            control.record_speculative(time.perf_counter() - start, len(step.tokens), accepted,
-                                       before_judge is not None, 0.0 if accepted else timings["target"],
-                                       0 if accepted else len(step.tokens), timings.get("target_prefill", 0.0),
-                                       caught_up, draft_sync_s)
-        tokens += step.tokens
-        yield Step(index=index, text=draft.ctx.model.detokenize(step.tokens), tokens=step.tokens, source=source,
-                   verdict=verdict_name, stop=step.stop, scores=scores[chosen], chosen=chosen, timings=timings,
-                   candidates=[dict(text=draft.ctx.model.detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop,
-                                    **s) for c, s in zip(cands, scores)], control=control.report())
-        index, timings = index + 1, {}
-        if opts.adapt:
+    run = SpecGuard.start(rt, opts)
+    yield from step_loop(prompt, opts, run.draft.ctx.n_ctx_seq, run.write)
+
+
+@dataclass
+class SpecGuard:
+    """One answer's run state (llama2.c's one struct): both sessions, the verifier with everything it reads (the
+    profile, the probe, the draft-side `Grounding`), the cost-aware controller and the sampler's generator.
+    `write` is SpecGuard's decision for the next step; `drivers.step_loop` does the rest."""
+
+    opts: Options
+    profile: Profile
+    verifier: Verifier
+    probe: Probe | None
+    draft: Session
+    target: Session
+    grounding: Grounding
+    control: Controller
+    rng: np.random.Generator
+
+    @staticmethod
+    def start(rt, opts: Options) -> "SpecGuard":
+        profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
+        verifier = parse_verifier(opts.verifier or profile.verifier, profile, opts.tau)
+        probe = load_probe(opts, rt) if "probe" in verifier.parts else None
+        draft = rt.session("draft", n_seq=opts.k, layers=opts.layers,
+                           hidden=opts.k > 1 or (probe is not None and probe.features != "target"))
+        target = rt.session("target", n_seq=opts.k,
+                            hidden=opts.k > 1 or (probe is not None and probe.features != "draft"))
+        memory_key = ("specguard", verifier, opts.probe, opts.k, opts.layers, opts.sampling, opts.use_logprob,
+                      opts.use_grounding)
+        previous = rt.memory.get(memory_key)
+        control = previous.next_answer() if previous is not None and opts.adapt else Controller(enabled=opts.adapt)
+        if opts.adapt:  # what this answer measures carries over to the next one on this pair
             rt.memory[memory_key] = control
-        if finished(step.stop, len(tokens) - len(prompt), len(tokens), opts, draft.ctx.n_ctx_seq):
-            return
+        # the draft reads the prompt just before its first drafted step
+        return SpecGuard(opts, profile, verifier, probe, draft, target, Grounding.start(draft.ctx.hook), control,
+                         np.random.default_rng(opts.seed))
 
+    @property
+    def tau_signals(self) -> float | None:
+        return dict(zip(self.verifier.parts, self.verifier.taus)).get("signals")
 
-def write_step(target: Session, opts: Options, rng: np.random.Generator, budget: int) -> Candidate:
-    """The target writes the next step itself (k samples and the selector's choice; greedy when k = 1)."""
-    cands = sample_steps(target, opts.k, opts.sampling, rng, budget, target.ctx.hook)
-    step = cands[select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0]
-    target.adopt(step)
-    return step
+    @property
+    def judged(self) -> bool:
+        """Whether the target reads every draft step that passes the draft-only signals."""
+        return "target-judge" in self.verifier.parts or (self.probe is not None and self.probe.features != "draft")
+
+    def signals(self, cand: Candidate) -> dict[str, float]:
+        return self.grounding.signals(cand, self.profile, self.opts.use_logprob, self.opts.use_grounding)
+
+    def write(self, tokens: list[int], budget: int) -> Step:
+        """The next step after `tokens`: drafted and verified, or written by the target (after a rejection, or
+        alone when the controller found that drafting does not pay here)."""
+        if self.control.speculate():
+            return self.speculate(tokens, budget)
+        timings: dict[str, float] = {}
+        with clock(timings, "target_prefill"):
+            caught_up = self.target.sync(tokens)
+        with clock(timings, "target"):
+            step, _ = write_step(self.target, self.opts, self.rng, budget)
+        self.control.record_target(timings["target"], len(step.tokens), timings["target_prefill"], caught_up)
+        return self.event(step, "target", "generated", {}, [], [], 0, timings, target_tokens=len(step.tokens))
+
+    def speculate(self, tokens: list[int], budget: int) -> Step:
+        draft, target, opts, timings, start = self.draft, self.target, self.opts, {}, time.perf_counter()
+        if len(draft.tokens) != len(tokens):  # the prompt, or steps the target wrote alone meanwhile
+            with clock(timings, "draft_prefill" if not draft.tokens else "draft_sync"):
+                draft.sync(tokens)
+                self.grounding.absorb_prefill()
+        draft_sync_s = timings.get("draft_prefill", 0.0) + timings.get("draft_sync", 0.0)
+        tau = self.tau_signals
+        hopeless = (lambda c: self.signals(c)["r"] < tau) if tau is not None else None
+        with clock(timings, "draft"):
+            cands = sample_steps(draft, opts.k, opts.sampling, self.rng, budget, self.grounding.capture, hopeless)
+        with clock(timings, "score"):
+            chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
+            scores = [self.signals(c) for c in cands]
+        proposal, verdict, caught_up, before_judge = cands[chosen], scores[chosen], 0, None
+        if self.judged and (tau is None or verdict["r"] >= tau):
+            with clock(timings, "target_prefill"):
+                caught_up += target.sync(tokens)
+            before_judge = target.logits
+            with clock(timings, "judge"):
+                judge, target_hidden = read_step(target, proposal.tokens)
+                verdict.update(judge)
+                if self.probe is not None:
+                    verdict["probe_safe"] = 1.0 - self.probe.harm(probe_features(self.probe, proposal,
+                                                                                 target_hidden))
+        elif self.probe is not None:
+            verdict["probe_safe"] = 1.0 - self.probe.harm(probe_features(self.probe, proposal, None))
+        accepted = self.verifier.accepts(verdict)
+        step = proposal
+        if accepted:
+            draft.adopt(proposal)
+            self.grounding.absorb(proposal)  # a judged step is in the target's KV cache already
+        else:
+            if before_judge is not None:
+                target.rewind(len(tokens), before_judge)  # drop the judged draft step
+            with clock(timings, "target_prefill"):
+                caught_up += target.sync(tokens)  # catches up on the steps it has not seen
+            with clock(timings, "target"):
+                step, _ = write_step(target, opts, self.rng, budget)
+            with clock(timings, "draft_sync"):
+                draft.sync(tokens + step.tokens)
+                self.grounding.absorb_prefill()
+        self.control.record_speculative(time.perf_counter() - start, len(step.tokens), accepted,
+                                        before_judge is not None, 0.0 if accepted else timings["target"],
+                                        0 if accepted else len(step.tokens), timings.get("target_prefill", 0.0),
+                                        caught_up, draft_sync_s)
+        return self.event(step, "draft" if accepted else "target", "accepted" if accepted else "rejected", verdict,
+                          cands, scores, chosen, timings, drafted=len(proposal.tokens),
+                          accepted=len(proposal.tokens) if accepted else 0,
+                          target_tokens=0 if accepted else len(step.tokens))
+
+    def event(self, step: Candidate, source: str, verdict: str, scores: dict, cands: list[Candidate],
+              all_scores: list[dict], chosen: int, timings: dict, **counters) -> Step:
+        detokenize = self.draft.ctx.model.detokenize
+        return Step(index=0, text=detokenize(step.tokens), tokens=step.tokens, source=source, verdict=verdict,
+                    stop=step.stop, scores=scores, chosen=chosen, timings=timings,
+                    candidates=[dict(text=detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop, **s)
+                                for c, s in zip(cands, all_scores)], control=self.control.report(), **counters)
 
 
 def rsd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:

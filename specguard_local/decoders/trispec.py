@@ -15,13 +15,12 @@ Per round:
 
 from __future__ import annotations
 
-import time
 from typing import Iterator
 
 import numpy as np
 
 from ..events import Step
-from .base import StepCutter
+from .drivers import token_loop
 from .options import Options
 
 
@@ -46,10 +45,9 @@ def margin(logits: np.ndarray) -> tuple[int, float]:
 
 def trispec(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
     proxy, target = rt.session("draft"), rt.session("target")
-    tokens, index = list(prompt), 0
-    cutter, counts, step_start = StepCutter(proxy.ctx.model), {"target_tokens": 0, "proxy_tokens": 0}, time.perf_counter()
-    while True:
-        room = min(opts.max_tokens - (len(tokens) - len(prompt)), proxy.ctx.n_ctx_seq - len(tokens) - 1)
+    tokens = list(prompt)
+
+    def next_round(room: int) -> tuple[list[int], dict, dict]:
         proposals = lookup(tokens, max(min(opts.draft_max, room - 1), 0))
         proxy.sync(tokens)
         before = [proxy.logits, *proxy.extend(proposals)[:-1]] if proposals else [proxy.logits]
@@ -62,25 +60,17 @@ def trispec(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
             emitted.append(token)
             if i >= len(proposals) or token != proposals[i]:
                 break
-        counts["proxy_tokens"] += len(emitted)
+        n_proxy = len(emitted)
         if untrusted_at is not None:
             rest = proposals[untrusted_at:]
             target.sync(tokens + emitted)
             preds = [target.logits, *target.extend(rest)] if rest else [target.logits]
             for j, row in enumerate(preds):
                 emitted.append(int(np.argmax(row)))
-                counts["target_tokens"] += 1
                 if j >= len(rest) or emitted[-1] != rest[j]:
                     break
-        for token in emitted[:room]:
-            tokens.append(token)
-            full = len(tokens) - len(prompt) >= opts.max_tokens or len(tokens) + 1 >= proxy.ctx.n_ctx_seq
-            stop = cutter.push(token) or ("cap" if full else "")
-            if stop:
-                step, text = cutter.take()
-                yield Step(index=index, text=text, tokens=step, source="target" if counts["target_tokens"] else "draft",
-                           verdict="generated", stop=stop, scores=dict(counts),
-                           timings={"trispec": time.perf_counter() - step_start})
-                if stop != "step":
-                    return
-                counts, step_start, index = {"target_tokens": 0, "proxy_tokens": 0}, time.perf_counter(), index + 1
+        counts = {"target_tokens": len(emitted) - n_proxy, "proxy_tokens": n_proxy}
+        tokens.extend(emitted[:room])
+        return emitted[:room], counts, {}
+
+    yield from token_loop(proxy.ctx.model, prompt, opts, proxy.ctx.n_ctx_seq, "trispec", next_round)

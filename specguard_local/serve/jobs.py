@@ -14,7 +14,8 @@ import traceback
 from dataclasses import dataclass, field
 
 from .. import api
-from ..batching import Batcher, Cancelled
+from ..batching import Batcher
+from ..cancel import Cancelled
 from ..decoders.options import Options
 from ..errors import SpecGuardError
 from ..runtime import Runtime, SlotRuntime

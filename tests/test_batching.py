@@ -1,0 +1,73 @@
+"""Requests decoded together (batching.py) on real llama.cpp with tiny random models: every request gets exactly the
+answer it gets alone — its own logits, its own attention rows (SpecGuard's grounding and verdicts depend on them),
+its own KV sequences — while their decode calls are merged."""
+
+import threading
+
+import pytest
+
+from specguard_local import api
+from specguard_local.batching import Batcher
+from specguard_local.cancel import Cancelled
+from specguard_local.decoders.options import Options
+from specguard_local.runtime import Runtime, RuntimeConfig, SlotRuntime
+from specguard_local.signals import Profile
+from tiny_gguf import write_tiny_model
+
+QUESTIONS = ["Tell me a long story about numbers.", "Count to ten.", "What is 2 + 2?", "Name three colours."]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batching")
+    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=True)
+    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=6, endless=True)
+    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
+        profile = folder / "profile.json"
+        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, taus={"signals": 0.5},
+                draft=rt.ids["draft"], target=rt.ids["target"]).save(profile)
+        yield rt, Options(max_tokens=48, max_step_tokens=12, profile=str(profile), adapt=False)
+
+
+def run_together(rt, jobs, batcher, n_slots, stops=None):
+    """Each (method, question) in its own thread and slot; returns every answer's steps (or the exception)."""
+    results = [None] * len(jobs)
+    stops = stops or [threading.Event() for _ in jobs]
+
+    def work(slot, method, question, opts):
+        slot_rt = SlotRuntime(rt, batcher, slot, n_slots, 1, stops[slot])
+        try:
+            with batcher.request():
+                results[slot] = list(api.generate(slot_rt, rt.prompt_tokens(question), method, opts))
+        except Exception as exc:  # handed back to the test
+            results[slot] = exc
+
+    threads = [threading.Thread(target=work, args=(slot, *job)) for slot, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_merged_requests_get_the_answers_they_get_alone(pair):
+    rt, opts = pair
+    jobs = [(method, question, opts) for method, question in
+            zip(["specguard", "target", "specguard", "draft"], QUESTIONS)]
+    alone = [list(api.stream(rt, question, method, opts)) for method, question, opts in jobs]
+    batcher = Batcher()
+    together = run_together(rt, jobs, batcher, n_slots=4)
+    for solo, merged in zip(alone, together):
+        assert [s.text for s in merged] == [s.text for s in solo]
+        assert [s.verdict for s in merged] == [s.verdict for s in solo]
+        assert [s.scores.get("r") for s in merged] == pytest.approx([s.scores.get("r") for s in solo])
+
+
+def test_a_stopped_request_ends_and_the_others_go_on(pair):
+    rt, opts = pair
+    jobs = [("target", QUESTIONS[0], opts), ("specguard", QUESTIONS[1], opts)]
+    stops = [threading.Event(), threading.Event()]
+    stops[0].set()  # stopped before its first decode
+    results = run_together(rt, jobs, Batcher(), n_slots=2, stops=stops)
+    assert isinstance(results[0], Cancelled)
+    assert [s.text for s in results[1]] == [s.text for s in api.stream(rt, QUESTIONS[1], "specguard", opts)]
