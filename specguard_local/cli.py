@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -484,6 +485,12 @@ def serve(host, port, parallel, queue, max_k, api_key, max_tokens, verifier, pro
     from .serve.app import serve as run_server
 
     defaults = Options(max_tokens=max_tokens, verifier=verifier, probe=probe_path, profile=profile)
+    with socket.socket() as probe_socket:  # say it before loading the models, in one line
+        probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe_socket.bind((host, port))
+        except OSError as exc:
+            raise SpecGuardError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host")
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         rt.model("draft"), rt.model("target")  # load both before listening
         click.echo(f"specguard-local: serving {rt.ids['draft']} → {rt.ids['target']} on http://{host}:{port} "

@@ -187,6 +187,16 @@ def test_a_disconnected_stream_frees_its_slot_and_a_full_server_says_503(tiny_se
     assert status == 200
 
 
+def test_a_port_in_use_is_one_clean_error(tiny_pair):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run([sys.executable, "-m", "specguard_local.cli", "serve", *tiny_pair[1], "--port",
+                               str(taken.getsockname()[1])], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: cannot listen on 127.0.0.1:") and "--port" in done.stderr
+
+
 def test_api_key_is_enforced(tiny_pair):
     server = Server(*tiny_pair[1], "--api-key", "sesame")
     try:
