@@ -204,11 +204,11 @@ def _preset_file(preset: Preset, folder: Path) -> Path | None:
 
 def model_id(path: Path) -> str:
     """What a calibration profile calls a model: the preset name for a preset's file (wherever it lies), else
-    the path."""
+    its absolute path (however the user spelled it)."""
     for preset in PRESETS.values():
         if path.name == preset.filename and path.stat().st_size == preset.size:
             return preset.name
-    return str(path)
+    return str(path.resolve())
 
 
 def resolve(spec: str, models_dir: Path | None = None) -> Path:

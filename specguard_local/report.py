@@ -19,6 +19,9 @@ PAPER_REFERENCE: tuple[dict, ...] = (
      "accuracy": "+3.6%", "latency": "about 11% lower"},
 )
 
+# the parts a decoder times, in the order a step spends them (decoders/specguard.py, sd.py, single.py)
+TIME_PARTS = ("draft_prefill", "draft", "score", "judge", "target_prefill", "target", "draft_sync", "sd", "trispec")
+
 SUMMARY_COLUMNS = (
     ("method", "method"),
     ("n", "n"),
@@ -90,7 +93,30 @@ def _summarize_method(method: str, rows_by_id: dict[str, dict], target_rows: dic
         # the cost-aware controller (specguard): share of answers it switched to the target alone
         "stopped_share": _mean_present(not row["control"]["speculating"] for row in rows
                                        if row.get("control") and row["control"].get("adapt")),
+        "time_split": time_split(rows),
     }
+
+
+def time_split(rows: list[dict]) -> dict[str, float]:
+    """Each timed part (a decoder's `timings`: draft, score, target_prefill, …) as a share of the rows' total wall
+    time, plus "other" (what no part timed: Python between decodes, stop tests); empty when nothing was timed."""
+    total = sum(float(row["wall_s"]) for row in rows)
+    parts: dict[str, float] = {}
+    for row in rows:
+        for part, seconds in (row.get("timings") or {}).items():
+            parts[part] = parts.get(part, 0.0) + seconds
+    if not parts or total <= 0:
+        return {}
+    shares = {part: seconds / total for part, seconds in parts.items()}
+    return {**shares, "other": max(0.0, 1.0 - sum(shares.values()))}
+
+
+def cost_ratio(summary: list[dict]) -> float | None:
+    """The draft's cost per token relative to the target's, from the plain draft and target rows of one run."""
+    speed = {entry["method"]: entry["tokens_per_s"] for entry in summary}
+    if speed.get("draft") and speed.get("target"):
+        return speed["target"] / speed["draft"]
+    return None
 
 
 def _speedup(rows_by_id: dict[str, dict], target_rows: dict[str, dict] | None) -> float | None:
@@ -132,6 +158,18 @@ def render_markdown(summary: list[dict], title: str, meta: dict, datasets: list[
     lines += [f"- **{key}**: {value}" for key, value in meta.items()]
     lines += [f"- **datasets**: {', '.join(datasets)}", ""]
     lines += _table([label for _, label in SUMMARY_COLUMNS], [_summary_cells(entry) for entry in summary])
+    ratio = cost_ratio(summary)
+    if ratio is not None:
+        lines += ["", f"Draft/target cost per token in this run: **{ratio:.2f}** (target-only tokens/s over draft-only "
+                      "tokens/s; the lower it is, the more an accepted draft step saves)."]
+    splits = {entry["method"]: entry["time_split"] for entry in summary if entry["time_split"]}
+    if splits:
+        parts = [part for part in TIME_PARTS if any(part in split for split in splits.values())]
+        parts += sorted({part for split in splits.values() for part in split} - set(parts) - {"other"})
+        lines += ["", "## Where the time goes (share of each method's wall time)", ""]
+        lines += _table(["method", *(part.replace("_", " ") for part in parts), "other"],
+                        [[method, *(f"{split.get(part, 0.0):.0%}" for part in [*parts, "other"])]
+                         for method, split in splits.items()])
     if PAPER_REFERENCE:
         keys = list(dict.fromkeys(key for row in PAPER_REFERENCE for key in row))
         lines += ["", "## SpecGuard paper reference (Qwen2.5-Math 1.5B -> 7B, A100; not measured here)", ""]

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from specguard_local import api
+from specguard_local import api, engine
 from specguard_local.batching import Batcher
 from specguard_local.cancel import Cancelled
 from specguard_local.decoders.options import Options
@@ -71,3 +71,25 @@ def test_a_stopped_request_ends_and_the_others_go_on(pair):
     results = run_together(rt, jobs, Batcher(), n_slots=2, stops=stops)
     assert isinstance(results[0], Cancelled)
     assert [s.text for s in results[1]] == [s.text for s in api.stream(rt, QUESTIONS[1], "specguard", opts)]
+
+
+def test_every_decode_runs_on_the_batchers_one_thread(pair, monkeypatch):
+    # llama.cpp's OpenMP team belongs to the thread that calls llama_decode: one decoding thread keeps one team
+    rt, opts = pair
+    callers = []
+    real_decode = engine.ll.llama_decode
+
+    def recorded(ctx, batch):
+        callers.append(threading.current_thread().name)
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(engine.ll, "llama_decode", recorded)
+    batcher = Batcher()
+    jobs = [("target", QUESTIONS[0], opts), ("draft", QUESTIONS[1], opts), ("target", QUESTIONS[2], opts)]
+    results = run_together(rt, jobs, batcher, n_slots=3)
+    assert all(isinstance(steps, list) and steps for steps in results)
+    assert callers and set(callers) == {"specguard-decode"}
+    workers = [t for t in threading.enumerate() if t.name == "specguard-decode"]
+    for worker in workers:
+        worker.join(5)
+    assert not any(worker.is_alive() for worker in workers)  # gone with the last request

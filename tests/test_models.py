@@ -306,11 +306,16 @@ def test_real_pair():
 
 
 @pytest.mark.real
-def test_model_id_names_a_preset_file_wherever_it_lies_so_the_shipped_profile_applies(real_runtime, tmp_path):
+def test_model_id_names_a_preset_file_wherever_it_lies_so_the_shipped_profile_applies(real_runtime, tmp_path,
+                                                                                     monkeypatch):
     assert real_runtime.ids == {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b"}
     moved = tmp_path / "elsewhere" / real_runtime.paths["draft"].name
     moved.parent.mkdir()
     moved.symlink_to(real_runtime.paths["draft"])
     assert models.model_id(moved) == "qwen2.5-coder-0.5b"
     other = write_gguf(tmp_path / "other.gguf")
-    assert models.model_id(other) == str(other)
+    assert models.model_id(other) == str(other.resolve())
+    # any other file is its absolute path, however it is spelled (a profile written beside it must match)
+    monkeypatch.chdir(tmp_path)
+    spellings = [Path("other.gguf"), Path("elsewhere/../other.gguf"), other]
+    assert {models.model_id(path) for path in spellings} == {str(other.resolve())}

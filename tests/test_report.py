@@ -102,3 +102,23 @@ def test_a_sweep_report_draws_its_pareto_plot(tmp_path):
     assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
     write_report(ROWS, tmp_path / "plain", "no sweep", {})
     assert not (tmp_path / "plain" / "pareto.png").exists()
+
+
+def test_the_report_says_where_the_time_goes_and_what_a_draft_token_costs(tmp_path):
+    rows = [{**make_row("target", "p0", True, 10.0, tokens=100), "timings": {"target": 9.0}},
+            {**make_row("draft", "p0", False, 4.0, tokens=100), "timings": {"draft": 4.0}},
+            {**make_row("specguard", "p0", True, 8.0), "timings": {"draft": 2.0, "target_prefill": 1.0,
+                                                                   "target": 4.0}},
+            {**make_row("specguard", "p1", True, 12.0), "timings": {"draft": 3.0, "draft_sync": 1.0,
+                                                                    "target": 7.0, "score": 0.5}}]
+    split = {entry["method"]: entry["time_split"] for entry in summarize(rows)}
+    assert split["specguard"] == pytest.approx({"draft": 0.25, "target_prefill": 0.05, "target": 0.55,
+                                                "draft_sync": 0.05, "score": 0.025, "other": 0.075})
+    assert split["target"] == pytest.approx({"target": 0.9, "other": 0.1})
+    assert report.cost_ratio(summarize(rows)) == pytest.approx(0.4)  # 10 vs 25 tokens/s
+    markdown = write_report(rows, tmp_path, "split", {})[0].read_text(encoding="utf-8")
+    assert "Where the time goes" in markdown and "**0.40**" in markdown
+    assert "| method | draft | score | target prefill | target | draft sync | other |" in markdown
+    assert "| specguard | 25% | 2% | 5% | 55% | 5% | 7% |" in markdown
+    assert summarize(ROWS)[0]["time_split"] == {}  # rows without timings: no split, no table
+    assert "Where the time goes" not in write_report(ROWS, tmp_path / "plain", "plain", {})[0].read_text()
