@@ -57,8 +57,8 @@ def main() -> None:
             cells = [name, f"{ratio:.2f}", method, f"{round(entry['accuracy'] * entry['n'])}/{entry['n']}",
                      f"{entry['speedup_vs_target']:.2f}×",
                      "–" if entry["mean_acceptance_rate"] is None else f"{entry['mean_acceptance_rate']:.0%}",
-                     *(f"{split.get(part, 0.0):.0%}" if part else f"{drafting:.0%}"
-                       for part in (None, "target_prefill", "target", "draft_sync", "other"))]
+                     f"{drafting:.0%}",
+                     *(f"{split.get(part, 0.0):.0%}" for part in ("target_prefill", "target", "draft_sync", "other"))]
             lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
 

@@ -18,6 +18,9 @@ last, up to one spinning team per request competed with the next round's decode.
 (4 GSM8K questions x 100 target tokens): one after another 7.9 tok/s; together, rounds on the request threads 10.9
 (1.31x); the same with OMP_WAIT_POLICY=PASSIVE, where idle teams sleep, 12.1 (1.60x, but one request alone then
 decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to one.
+
+Cancellation: each request has a `stop` event (client gone, stop string seen, server shutting down); its next decode
+raises `Cancelled` instead of running, and the slot's sequences are then free for the next request.
 """
 
 from __future__ import annotations
