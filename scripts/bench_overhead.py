@@ -45,7 +45,8 @@ def draft_step(rt, prompt, k, guarded, tokens, seed):
     if guarded:
         grounding.absorb_prefill()
     profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
-    hopeless = (lambda c: grounding.signals(c, profile, opts.use_logprob, opts.use_grounding)["r"] < -1.0) if guarded else None
+    hopeless = None if not guarded else (
+        lambda c: grounding.running_r(c, profile, opts.use_logprob, opts.use_grounding) < -1.0)
     start = time.perf_counter()
     cands = sample_steps(session, k, opts.sampling, np.random.default_rng(seed), tokens, capture, hopeless)
     drafted = time.perf_counter() - start

@@ -3,10 +3,11 @@
 One server (`--parallel 4`) on the default pair; for each method (target, specguard) and each number of clients,
 the same GSM8K questions are sent by that many clients at once (each takes the next question when its answer is
 in). Reported per setting: total completion tokens/s, mean and worst request latency, and tokens/s relative to
-one client of the same method. With `--llama-server PATH` (a `llama-server` binary built from the pinned sdist),
-llama.cpp's own server with `-np 4` on the target model answers the same requests as the anchor.
+one client of the same method in the same repeat. With `--llama-server PATH` (a `llama-server` binary built from
+the pinned sdist), llama.cpp's own server with `-np 4` on the target model answers the same requests as the anchor.
+With `--repeats R` every setting runs R times, interleaved (both servers stay up), and the report gives medians.
 
-    python scripts/bench_serve.py [--requests 8] [--max-tokens 128] [--out scripts/results/serve]
+    python scripts/bench_serve.py [--requests 8] [--max-tokens 128] [--repeats 1] [--out scripts/results/serve]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 
 import openai
 
@@ -63,6 +65,19 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def start_specguard(parallel: int, threads: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    return start([sys.executable, "-m", "specguard_local.cli", "serve", "--port", str(port), "--parallel",
+                  str(parallel), "--threads", threads], port), port
+
+
+def start_llama_server(binary: str, parallel: int, threads: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    target = models.resolve(models.DEFAULT_TARGET, None)
+    return start([binary, "-m", str(target), "--port", str(port), "-np", str(parallel), "-c", str(4096 * parallel),
+                  "-t", threads, "--no-webui"], port), port
+
+
 def run_clients(port: int, model: str, questions: list[str], n_clients: int, max_tokens: int) -> dict:
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=900)
 
@@ -90,6 +105,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,2,4")
     parser.add_argument("--methods", default="target,specguard")
     parser.add_argument("--llama-server", help="path to llama.cpp's llama-server binary (the anchor)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every setting this many times, interleaved; the report gives medians")
     parser.add_argument("--out", default="scripts/results/serve")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -97,46 +114,41 @@ def main() -> None:
     threads = str(available_cores())
     rows = []
 
-    port = free_port()
-    server = start([sys.executable, "-m", "specguard_local.cli", "serve", "--port", str(port), "--parallel",
-                    str(max(clients)), "--threads", threads], port)
+    servers = {"specguard-local": start_specguard(max(clients), threads)}
     try:
-        for method in args.methods.split(","):
-            run_clients(port, method, questions[:1], 1, 16)  # warm-up
-            for n in clients:
-                rows.append({"server": "specguard-local", "method": method,
-                             **run_clients(port, method, questions, n, args.max_tokens)})
-                print(json.dumps(rows[-1]), flush=True)
+        if args.llama_server:
+            servers["llama-server"] = start_llama_server(args.llama_server, max(clients), threads)
+        settings = [(name, method) for name in servers
+                    for method in (args.methods.split(",") if name == "specguard-local" else ["target"])]
+        for name, method in settings:
+            run_clients(servers[name][1], method, questions[:1], 1, 16)  # warm-up
+        for repeat in range(args.repeats):  # interleaved: every setting once per repeat
+            for name, method in settings:
+                for n in clients:
+                    rows.append({"server": name, "method": method, "repeat": repeat,
+                                 **run_clients(servers[name][1], method, questions, n, args.max_tokens)})
+                    print(json.dumps(rows[-1]), flush=True)
     finally:
-        stop(server)
-    if args.llama_server:
-        port = free_port()
-        target = models.resolve(models.DEFAULT_TARGET, None)
-        server = start([args.llama_server, "-m", str(target), "--port", str(port), "-np", str(max(clients)),
-                        "-c", str(4096 * max(clients)), "-t", threads, "--no-webui"], port)
-        try:
-            run_clients(port, "target", questions[:1], 1, 16)
-            for n in clients:
-                rows.append({"server": "llama-server", "method": "target",
-                             **run_clients(port, "target", questions, n, args.max_tokens)})
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            stop(server)
+        for process, _ in servers.values():
+            stop(process)
 
-    for row in rows:
-        one = next(r for r in rows if r["server"] == row["server"] and r["method"] == row["method"]
-                   and r["clients"] == 1)
+    for row in rows:  # paired with the one-client run of the same repeat
+        one = next(r for r in rows if (r["server"], r["method"], r["repeat"], r["clients"])
+                   == (row["server"], row["method"], row["repeat"], 1))
         row["throughput_vs_1_client"] = row["tokens_per_s"] / one["tokens_per_s"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "max_tokens": args.max_tokens}
     (out / "rows.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| server | method | clients | tokens/s | vs 1 client | mean latency (s) | worst latency (s) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['server']} | {r['method']} | {r['clients']} | {r['tokens_per_s']:.1f} | "
-              f"{r['throughput_vs_1_client']:.2f}× | {r['latency_mean_s']:.1f} | {r['latency_max_s']:.1f} |"
-              for r in rows]
+    lines = ["| server | method | clients | tokens/s | vs 1 client (each repeat) | mean latency (s) | "
+             "worst latency (s) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for key in dict.fromkeys((r["server"], r["method"], r["clients"]) for r in rows):
+        runs = [r for r in rows if (r["server"], r["method"], r["clients"]) == key]
+        ratios = ", ".join(f"{r['throughput_vs_1_client']:.2f}×" for r in runs)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {median(r['tokens_per_s'] for r in runs):.1f} | "
+                     f"**{median(r['throughput_vs_1_client'] for r in runs):.2f}×** ({ratios}) | "
+                     f"{median(r['latency_mean_s'] for r in runs):.1f} | {max(r['latency_max_s'] for r in runs):.1f} |")
     (out / "report.md").write_text(f"# Serving throughput\n\n`{meta['command']}` · {meta['date']} · "
                                    f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores\n\n"
                                    + "\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
 """Attention grounding (the paper's ABGV signal) from llama.cpp's own attention weights.
 
-Capture: llama.cpp calls an eval callback (`cb_eval`) for every graph tensor; we ask only for `kq_soft_max-<il>`
+Capture: llama.cpp asks an eval callback (`cb_eval`) about every graph tensor, ~800 per decode; a small C filter
+(`_evalfilter.c`) answers those questions without a Python round trip, and hands Python only `kq_soft_max-<il>`
 of the chosen layers (shape [n_kv, n_tokens, n_head, n_stream], f32, indexed by KV cell = position, see `engine`)
 and, when the selector needs it, `result_norm` (the final hidden state of each output token). Each asked tensor
 splits llama.cpp's graph, so we ask for as few as possible. Heads are averaged and values below 0.01 zeroed as the
@@ -13,7 +14,9 @@ G(t) = Σ_{j∈I} R[t, j], I = prompt + accepted steps. Attention is causal and 
     G(t) = Σ_a A3[t, a] · w(a)
 needs only the rows of the step's own tokens plus two cached scalars per accepted token: O(step × context) time,
 O(context) memory, no n×n product. The same recursion runs over any number of layers (`--layers`, one cached
-scalar per layer but the last). `tests/test_attention.py` checks it against the dense R.
+scalar per layer but the last). Early rejection scores a step after every drafted token: `extend_step` adds one
+token to the step's running levels in O(context), so scoring a whole step token by token stays O(step × context).
+`tests/test_attention.py` checks both against the dense R.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from . import _evalfilter
 from .errors import SpecGuardError
 
 SPARSITY_THRESHOLD = 0.01
@@ -45,30 +49,47 @@ class _TensorHead(ctypes.Structure):
                 ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
 
 
+class _Filter(ctypes.Structure):
+    """ctypes twin of `sg_filter` in `_evalfilter.c`: the wanted tensor names and whom to call for them."""
+
+    _fields_ = [("inner", ctypes.c_void_p), ("get_name", ctypes.c_void_p), ("n_names", ctypes.c_int32),
+                ("names", (ctypes.c_char * _evalfilter.NAME_LEN) * _evalfilter.MAX_NAMES)]
+
+
+_FILTER = llama_cpp.ggml_backend_sched_eval_callback(_evalfilter.address)
+
+
 class Capture:
     """llama.cpp eval callback that keeps the head-averaged, sparsified attention rows of `layers` (and the final
-    hidden states when `hidden`) of the last decode, in the order llama.cpp evaluated the tokens."""
+    hidden states when `hidden`) of the last decode, in the order llama.cpp evaluated the tokens.
+
+    llama.cpp's `cb_eval` is `callback` with `user_data`: the C filter of `_evalfilter`, which answers the
+    scheduler's "do you want this tensor?" for every graph node and calls `_on_tensor` only for the wanted ones."""
 
     def __init__(self, layers: list[int], hidden: bool = False, threshold: float = SPARSITY_THRESHOLD):
         self.layers, self.threshold = list(layers), threshold
         self.wanted: dict[bytes, int | str] = {f"kq_soft_max-{il}".encode(): il for il in self.layers}
         if hidden:
             self.wanted[b"result_norm"] = HIDDEN
+        if len(self.wanted) > _evalfilter.MAX_NAMES:
+            raise SpecGuardError(f"at most {_evalfilter.MAX_NAMES - 1} attention layers can be captured")
         self.parts: dict[int | str, list[np.ndarray]] = {key: [] for key in self.wanted.values()}
         self.error: BaseException | None = None
-        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+        self._inner = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)  # kept alive with the filter
+        self._filter = _Filter(ctypes.cast(self._inner, ctypes.c_void_p).value,
+                               ctypes.cast(_lib.ggml_get_name, ctypes.c_void_p).value, len(self.wanted))
+        for i, name in enumerate(self.wanted):
+            self._filter.names[i].value = name
+        self.callback, self.user_data = _FILTER, ctypes.addressof(self._filter)
 
     def reset(self) -> None:
         for parts in self.parts.values():
             parts.clear()
 
-    def _on_tensor(self, tensor: int, ask: bool, _user_data) -> bool:
-        key = self.wanted.get(_lib.ggml_get_name(tensor))
-        if ask:
-            return key is not None
-        if key is None:
-            return True
+    def _on_tensor(self, tensor: int, _ask: bool, _user_data) -> bool:
+        """A wanted tensor, computed (the filter never asks Python whether a tensor is wanted)."""
         try:
+            key = self.wanted[_lib.ggml_get_name(tensor)]
             head = _TensorHead.from_address(tensor)
             ne = list(head.ne)
             assert head.type == _GGML_TYPE_F32, f"unexpected tensor type {head.type}"
@@ -144,3 +165,21 @@ def step_grounding(mass: PrefixMass, *rows: np.ndarray) -> np.ndarray:
     for prefix_level, layer_rows in zip(mass.levels, rows[1:]):
         level = _fit(layer_rows, end) @ np.concatenate([prefix_level, level])
     return level
+
+
+def extend_step(mass: PrefixMass, levels: list[list[float]], *row: np.ndarray) -> float:
+    """Add the next token of a step that directly follows I to the step's running `levels` (one list per rollout
+    level, the last holding G; start with empty lists), given the token's row of A1, …, A_L; return its G(t).
+
+    `step_grounding`'s recursion one token at a time: causal rows make a token's levels depend only on the tokens
+    before it, so each token costs O(context)."""
+    n = len(mass)
+    width = n + len(levels[0]) + 1
+    value = float(np.asarray(row[0][:n], dtype=np.float64).sum())
+    values = [value]
+    for prefix_level, layer_row, step_level in zip(mass.levels, row[1:], levels):
+        value = float(_fit(layer_row[None], width)[0] @ np.concatenate([prefix_level, step_level, [value]]))
+        values.append(value)
+    for level, value in zip(levels, values):
+        level.append(value)
+    return values[-1]

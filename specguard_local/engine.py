@@ -127,7 +127,7 @@ class Context:
         params.no_perf = True
         if hook is not None:
             params.cb_eval = hook.callback
-            params.cb_eval_user_data = None
+            params.cb_eval_user_data = hook.user_data
             if hook.layers:
                 params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ptr = ll.llama_init_from_model(model.ptr, params)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from specguard_local.attention import Capture, PrefixMass, extend_prefix, last_layers, step_grounding
+from specguard_local.attention import (Capture, PrefixMass, extend_prefix, extend_step, last_layers,
+                                      step_grounding)
 from specguard_local.decoders.base import Session, sample_steps
 from specguard_local.engine import Context, Sampling
 
@@ -32,6 +33,9 @@ def test_grounding_matches_dense_rollout(n_prompt, step_sizes, renormalise, n_la
         rows = [a[start:start + size] for a in attention]
         grounding = step_grounding(mass, *rows)
         np.testing.assert_allclose(grounding, rollout[start:start + size, :start].sum(axis=1), atol=1e-12)
+        levels = [[] for _ in attention]  # the same step scored token by token, as early rejection does
+        running = [extend_step(mass, levels, *(r[i] for r in rows)) for i in range(size)]
+        np.testing.assert_allclose(running, grounding, atol=1e-12)
         mass = extend_prefix(mass, *rows[:-1])  # the step is accepted: it joins I
         start += size
 

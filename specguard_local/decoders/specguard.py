@@ -114,7 +114,8 @@ class SpecGuard:
                 self.grounding.absorb_prefill()
         draft_sync_s = timings.get("draft_prefill", 0.0) + timings.get("draft_sync", 0.0)
         tau = self.tau_signals
-        hopeless = (lambda c: self.signals(c)["r"] < tau) if tau is not None else None
+        hopeless = None if tau is None else (
+            lambda c: self.grounding.running_r(c, self.profile, opts.use_logprob, opts.use_grounding) < tau)
         with clock(timings, "draft"):
             cands = sample_steps(draft, opts.k, opts.sampling, self.rng, budget, self.grounding.capture, hopeless)
         with clock(timings, "score"):

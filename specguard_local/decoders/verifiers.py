@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..attention import HIDDEN, Capture, PrefixMass, extend_prefix, step_grounding
+from ..attention import HIDDEN, Capture, PrefixMass, extend_prefix, extend_step, step_grounding
 from ..engine import token_logprob
 from ..errors import SpecGuardError
 from ..signals import Profile, decision_score
@@ -88,6 +88,16 @@ class Grounding:
         """The draft's signals of `cand` against I (`draft_signals`), with l̃, g̃ and r when given a profile."""
         raw = draft_signals(cand, self.mass, self.capture.layers)
         return raw if profile is None else with_decision(raw, profile, use_logprob, use_grounding)
+
+    def running_r(self, cand: Candidate, profile: Profile, use_logprob: bool = True,
+                  use_grounding: bool = True) -> float:
+        """r of `cand` so far, for early rejection after every drafted token: the tokens not scored yet join the
+        candidate's running grounding levels (O(context) each, `extend_step`) instead of rescoring the whole step."""
+        if not cand.levels:
+            cand.levels = [[] for _ in self.capture.layers]
+        for i in range(len(cand.levels[0]), len(cand.tokens)):
+            extend_step(self.mass, cand.levels, *(cand.rows[layer][i] for layer in self.capture.layers))
+        return decision_score(min(cand.logprobs), min(cand.levels[-1]), profile, use_logprob, use_grounding)[2]
 
 
 @dataclass(frozen=True)
