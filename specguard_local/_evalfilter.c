@@ -35,7 +35,7 @@ static bool sg_filter_eval(void *tensor, bool ask, void *user_data) {
             return ask ? true : filter->inner(tensor, false, NULL);
         }
     }
-    return !ask; /* not wanted: nothing to ask; (never called with ask = false for it) go on */
+    return !ask; /* not wanted: no when asked (and a computed tensor nobody wanted never comes here) */
 }
 
 static struct PyModuleDef sg_module = {PyModuleDef_HEAD_INIT, "_evalfilter", NULL, -1, NULL};

@@ -6,7 +6,9 @@ import pytest
 from specguard_local.attention import (Capture, PrefixMass, extend_prefix, extend_step, last_layers,
                                       step_grounding)
 from specguard_local.decoders.base import Session, sample_steps
+from specguard_local.decoders.verifiers import Grounding
 from specguard_local.engine import Context, Sampling
+from specguard_local.signals import Profile
 
 
 def random_attention(rng, n, renormalise, threshold=0.01):
@@ -81,3 +83,26 @@ def test_candidate_rows_match_a_fresh_evaluation(tiny_model):
             width = min(expected.shape[1], got.shape[1])
             np.testing.assert_allclose(got[:, :width], expected[:, :width], atol=1e-3)
     ctx.close(), fresh.close()
+
+
+def test_running_score_of_early_rejection_equals_the_whole_step_score(tiny_model):
+    """The r that early rejection updates after every drafted token ends equal to the step's full score."""
+    capture = Capture(last_layers(tiny_model.n_layer))
+    ctx = Context(tiny_model, n_seq=2, n_ctx_seq=256, hook=capture)
+    session = Session(ctx)
+    session.sync(tiny_model.tokenize("once upon a time there"))
+    grounding = Grounding.start(capture)
+    grounding.absorb_prefill()
+    profile = Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0)
+    seen = []
+
+    def never_hopeless(cand):  # records the running score, never stops drafting
+        seen.append(grounding.running_r(cand, profile))
+        return False
+
+    cands = sample_steps(session, 2, Sampling(temperature=1.0), np.random.default_rng(1), 12, capture, never_hopeless)
+    assert len(seen) == sum(len(c.tokens) for c in cands)  # asked once per drafted token
+    for cand in cands:
+        assert len(cand.levels[-1]) == len(cand.tokens)
+        assert grounding.running_r(cand, profile) == pytest.approx(grounding.signals(cand, profile)["r"], abs=1e-9)
+    ctx.close()
