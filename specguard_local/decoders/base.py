@@ -78,7 +78,7 @@ class Candidate:
     next_logits: np.ndarray | None = None
     rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # layer -> attention row of each token
     hidden_sum: np.ndarray | None = None
-    levels: list[list[float]] = field(default_factory=list)  # early rejection's running grounding (attention.extend_step)
+    levels: list[list[float]] = field(default_factory=list)  # early rejection's running grounding (extend_step)
     hopeless: bool = False
 
     @property
