@@ -33,6 +33,10 @@ def check(method: str, opts: Options) -> None:
         raise SpecGuardError("--k, --max-tokens and --max-step-tokens must be at least 1")
     if opts.temperature is not None and opts.temperature < 0 or not 0 < opts.top_p <= 1:
         raise SpecGuardError("temperature must be at least 0 and top_p between 0 (excluded) and 1")
+    if not 0 <= opts.seed < 2 ** 63:
+        raise SpecGuardError(f"seed must be a whole number from 0 to 2**63 - 1, not {opts.seed}")
+    if opts.draft_p_min is not None and not 0.0 <= opts.draft_p_min <= 1.0:
+        raise SpecGuardError(f"draft_p_min must lie in [0, 1], not {opts.draft_p_min}")
 
 
 def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> Result:
@@ -43,7 +47,7 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
     for step in steps:
         for name, seconds in step.timings.items():
             timings[name] = timings.get(name, 0.0) + seconds
-    judged = [s for s in steps if s.verdict in ("accepted", "rejected")]  # step level: one verdict per draft step
+    judged = [s for s in steps if s.verdict in ("accepted", "rejected", "salvaged")]  # step level: a verdict per step
     drafted = sum(s.drafted for s in steps)  # token level: drafted tokens, some accepted
     stats = {"tokens": n_tokens, "steps": len(steps), "wall_s": wall_s,
              "tokens_per_s": n_tokens / wall_s if wall_s > 0 else 0.0,
@@ -55,6 +59,11 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
              "draft_len_mean": steps[-1].scores.get("draft_len_mean") if steps else None,
              "accepted_len_mean": steps[-1].scores.get("accepted_len_mean") if steps else None,
              "timings": timings,
+             # salvage: drafted tokens kept by the verifier's word, kept as the target's agreed prefix, and the
+             # target's own tokens (corrections and free tokens after a stretch it read whole)
+             "kept": {key: sum(int(s.scores.get(key, 0)) for s in steps)
+                      for key in ("kept_whole", "salvaged", "corrections", "bonus", "passes")}
+             if any(s.verdict == "salvaged" or "passes" in s.scores for s in steps) else None,
              # step-level speculation: what the cost-aware controller measured and chose (decoders/controller.py)
              "control": steps[-1].control if steps and steps[-1].control else None,
              "ended": steps[-1].stop if steps else None}  # eos, budget or context (decoders/drivers.py)

@@ -177,7 +177,8 @@ def print_step(step) -> None:
     if step.verdict == "generated":
         mark = click.style(f"[{step.index + 1} {step.source}]", fg="blue")
     else:
-        kept = "draft ✓" if step.verdict == "accepted" else "target ↻"
+        kept = {"accepted": "draft ✓", "rejected": "target ↻"}.get(step.verdict,
+                                                                  f"salvaged {step.accepted}/{step.drafted}")
         detail = " ".join(f"{label}={step.scores[key]:.2f}" for key, label in SCORE_LABELS.items()
                           if key in step.scores)
         mark = click.style(f"[{step.index + 1} {kept} {detail}]", fg="green" if step.verdict == "accepted" else "yellow")

@@ -206,6 +206,13 @@ class Sampling:
     top_p: float = 1.0
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """exp((logits - max) / temperature) normalised over the last axis, in float64: the package's one softmax."""
+    logits = np.asarray(logits, np.float64)
+    scaled = np.exp((logits - logits.max(axis=-1, keepdims=True)) / temperature)
+    return scaled / scaled.sum(axis=-1, keepdims=True)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """The model's raw log-distribution: temperature 1, untruncated (what step scores are computed from)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -240,8 +247,7 @@ def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator, n_t
     """
     if sampling.temperature <= 0:
         return int(np.argmax(logits))
-    probs = np.exp((logits - logits.max()) / sampling.temperature)
-    probs /= probs.sum()
+    probs = softmax(logits, sampling.temperature)
     if sampling.top_p >= 1.0:
         return int(rng.choice(len(probs), p=probs))
     order = np.argpartition(probs, -n_top)[-n_top:] if len(probs) > n_top else np.arange(len(probs))

@@ -20,7 +20,8 @@ PAPER_REFERENCE: tuple[dict, ...] = (
 )
 
 # the parts a decoder times, in the order a step spends them (decoders/specguard.py, sd.py, single.py)
-TIME_PARTS = ("draft_prefill", "draft", "score", "judge", "target_prefill", "target", "draft_sync", "sd", "trispec")
+TIME_PARTS = ("draft_prefill", "draft", "score", "judge", "verify", "target_prefill", "target", "draft_sync", "sd",
+              "trispec")
 
 SUMMARY_COLUMNS = (
     ("method", "method"),

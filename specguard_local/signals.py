@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import softmax
 from .errors import SpecGuardError
 
 
@@ -35,6 +36,7 @@ class Profile:
     beta: float = 0.3
     taus: dict = field(default_factory=lambda: {"signals": 0.7})
     verifier: str = "signals"
+    draft_p_min: float = 0.7        # salvage: the draft stops once its own odds of the whole stretch fall below this
     draft: str = ""
     target: str = ""
     notes: dict = field(default_factory=dict)
@@ -101,6 +103,5 @@ def select(embeddings: np.ndarray) -> int:
         return 0
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     sims = unit @ unit.T
-    soft = np.exp(sims - sims.max(axis=1, keepdims=True))
-    soft /= soft.sum(axis=1, keepdims=True)
+    soft = softmax(sims)
     return int(np.argmin(np.diag(soft)))

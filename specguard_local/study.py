@@ -138,7 +138,8 @@ def label_step(rt: Runtime, walk: Walk, index: int, context: list[int], cand: Ca
     walk.target.ctx.fork(0, [1])
     start = time.perf_counter()
     rollout = Session(walk.target.ctx, tokens=list(context), seq=1, logits=walk.boundary_logits[index])
-    judge, target_hidden = read_step(rollout, cand.tokens)
+    read, _ = read_step(rollout, list(context), cand.tokens)
+    judge, target_hidden = read.scores, read.hidden
     judge_s = time.perf_counter() - start
 
     identical = cand.tokens == own

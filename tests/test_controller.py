@@ -24,8 +24,9 @@ def cheap_draft(tmp_path_factory):
 
 
 def solve(pair, **options):
+    """The paper's loop unless a test asks for salvage: its verdicts are one per drafted step."""
     rt, profile = pair
-    opts = Options(max_tokens=96, max_step_tokens=8, profile=profile, **options)
+    opts = Options(max_tokens=96, max_step_tokens=8, profile=profile, **{"salvage": False, **options})
     return list(api.stream(rt, "Tell me a long story about numbers.", "specguard", opts))  # 12 steps, no eos
 
 
@@ -60,11 +61,11 @@ def test_no_adapt_always_drafts(cheap_draft):
 
 def test_probes_come_back_and_stop_after_a_lost_one():
     control = Controller()
-    control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
-    control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.0)
+    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)
+    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)
     calls = [control.speculate() for _ in range(PROBE_EVERY + 1)]  # S = 0.1 s/token > T = 0.05
     assert calls == [False] * PROBE_EVERY + [True]  # a probe after PROBE_EVERY target-only steps
-    control.record_speculative(1.0, 10, False, False, 0.5, 10, 0.0, 0, 0.2)  # the probe loses too
+    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.2, 0)  # the probe loses too
     calls = [control.speculate() for _ in range(2 * PROBE_EVERY + 1)]
     assert calls == [False] * 2 * PROBE_EVERY + [True]  # so the next one waits twice as long
     carried = control.next_answer()

@@ -163,6 +163,8 @@ def test_stop_strings_cut_the_answer(tiny_pair, tiny_server):
     (ask("specguard", tau="high"), "tau"),
     (ask("specguard", verifier="oracle"), None),         # found by the decoder, still before any step
     (ask(stop=["a", "b", "c", "d", "e"]), "stop"),
+    (ask("sd", seed=-1), None),                          # was a 500 ("expected non-negative integer")
+    (ask("specguard", draft_p_min=2.0), None),
 ])
 def test_bad_input_is_a_400_and_the_server_goes_on(tiny_server, body, param):
     status, answer = tiny_server.post(body)

@@ -18,8 +18,10 @@ SHORT = "What is 12 plus 30? Answer briefly."
 
 
 def run(rt, method, question=SHORT, **options):
-    """The paper's loop: the cost-aware controller is off unless a test turns it on (tests/test_controller.py)."""
-    return list(api.stream(rt, question, method, Options(max_tokens=160, **{"adapt": False, **options})))
+    """The paper's loop: the cost-aware controller and salvage are off unless a test turns them on
+    (tests/test_controller.py, tests/test_salvage.py)."""
+    return list(api.stream(rt, question, method, Options(max_tokens=160, **{"adapt": False, "salvage": False,
+                                                                             **options})))
 
 
 def test_tau_zero_accepts_every_draft_step(real_runtime):

@@ -9,15 +9,28 @@ are captured with it, and the logits after an accepted step are exactly what the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..attention import HIDDEN, Capture
-from ..engine import Context, Sampling, logprob_and_entropy, sample
+from ..engine import Context, Model, Sampling, logprob_and_entropy, sample
 from ..signals import select
 
 STEP_BOUNDARY = b"\n\n"
+
+
+@runtime_checkable
+class PairRuntime(Protocol):
+    """What a decoder asks of a loaded draft/target pair. `runtime.Runtime` (one process) and `runtime.SlotRuntime`
+    (one request of the server, its decodes merged with the others') both provide it."""
+
+    ids: dict[str, str]             # role -> model id (what profiles and probes are keyed by)
+    memory: dict[tuple, object]     # what decoders learn across answers on this pair (the controller)
+
+    def model(self, role: str) -> Model: ...
+
+    def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> "Session": ...
 
 
 @dataclass
@@ -43,14 +56,15 @@ class Session:
         self.tokens = list(tokens)
         return len(tokens) - keep
 
-    def extend(self, tokens: list[int]) -> np.ndarray:
-        """Decode `tokens` after the session's tokens in one batch, with the logits after every one of them (how a
-        verifier reads a whole step); the session then holds them."""
+    def extend(self, tokens: list[int], quiet: int = 0) -> np.ndarray:
+        """Decode `tokens` after the session's tokens in one batch, with the logits after every one of them but the
+        first `quiet` (how a verifier reads a whole step, catching up on `quiet` unread tokens in the same batch);
+        the session then holds them."""
         start = len(self.tokens)
         self.ctx.check_room(start + len(tokens))
         self.ctx.truncate(self.seq, start)
         rows = self.ctx.decode(tokens, list(range(start, start + len(tokens))), [self.seq] * len(tokens),
-                               [True] * len(tokens))
+                               [i >= quiet for i in range(len(tokens))])
         self.tokens, self.logits = self.tokens + tokens, rows[-1]
         return rows
 
@@ -80,6 +94,7 @@ class Candidate:
     hidden_sum: np.ndarray | None = None
     levels: list[list[float]] = field(default_factory=list)  # early rejection's running grounding (extend_step)
     hopeless: bool = False
+    dists: list[np.ndarray] = field(default_factory=list)  # the logits each token was sampled from (keep_logits)
 
     @property
     def embedding(self) -> np.ndarray:
@@ -105,14 +120,15 @@ def _stop_reason(cand: Candidate, token: int, is_eog: bool, max_tokens: int) -> 
 
 def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Generator, max_tokens: int,
                  capture: Capture | None = None,
-                 hopeless: Callable[[Candidate], bool] | None = None) -> list[Candidate]:
+                 hopeless: Callable[[Candidate], bool] | None = None, keep_logits: bool = False) -> list[Candidate]:
     """Sample k candidate steps after `session.tokens`, one batched llama_decode per token for all live candidates.
 
     Candidates live in k sequences, the session's own among them (the others are forked from it). A candidate stops
     at "\\n\\n", an end-of-generation token, or after `max_tokens` tokens. With `capture`, each
     candidate also collects its tokens' attention rows and final hidden states. `hopeless(cand)` says a candidate
     (even unfinished) can no longer be accepted; once every candidate is hopeless, drafting stops early and the
-    live ones end with stop = "early".
+    live ones end with stop = "early". `keep_logits` keeps the logits each token was sampled from (`dists`: what
+    token-level salvage's rejection rule needs when sampling).
     """
     ctx, model, n_past = session.ctx, session.ctx.model, len(session.tokens)
     ctx.check_room(n_past + 1)
@@ -126,6 +142,8 @@ def sample_steps(session: Session, k: int, sampling: Sampling, rng: np.random.Ge
         step_tokens = []
         for cand in live:
             token = sample(cand.next_logits, sampling, rng)
+            if keep_logits:
+                cand.dists.append(cand.next_logits)
             logprob, entropy = logprob_and_entropy(cand.next_logits, token)
             cand.logprobs.append(logprob)
             cand.entropies.append(entropy)

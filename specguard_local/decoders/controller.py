@@ -70,12 +70,11 @@ class Controller:
         self.since_probe, self.speculating, self.probing = 0, True, True  # decided again right after the probe
         return True
 
-    def record_speculative(self, seconds: float, tokens: int, accepted: bool, judged: bool,
-                           target_s: float, target_tokens: int, catch_up_s: float, caught_up: int,
-                           draft_sync_s: float) -> None:
-        """Fold in one drafted step: its wall time, tokens emitted, whether it was kept (and whether the target read
-        it already), the target's rewrite (if rejected), its catch-up prefill, and the draft's one-off catch-up on
-        steps the target wrote alone (not counted in S)."""
+    def record_speculative(self, seconds: float, tokens: int, target_s: float, target_tokens: int,
+                           catch_up_s: float, caught_up: int, draft_sync_s: float, unread: int) -> None:
+        """Fold in one drafted step: its wall time, tokens emitted, the target's rewrite (if the paper's loop rejected
+        it), the target's catch-up prefill, the draft's one-off catch-up on steps the target wrote alone (not counted
+        in S), and how many tokens of the answer the target has not read yet (`unread`)."""
         was_probe, self.probing = self.probing, False
         self.spec_s += seconds - draft_sync_s
         self.spec_tokens += tokens
@@ -83,9 +82,7 @@ class Controller:
         self.target_s, self.target_tokens = self.target_s + target_s, self.target_tokens + target_tokens
         if caught_up:
             self.prefill_s, self.prefill_tokens = self.prefill_s + catch_up_s, self.prefill_tokens + caught_up
-            self.pending = 0
-        if accepted and not judged:
-            self.pending += tokens
+        self.pending = unread
         self._decide(was_probe)
 
     def record_target(self, target_s: float, tokens: int, catch_up_s: float, caught_up: int) -> None:
@@ -124,5 +121,6 @@ class Controller:
     def report(self) -> dict:
         """What the controller measured and chose, for the step event and the run's statistics."""
         s, t = self.per_token
-        return {"adapt": self.enabled, "speculating": self.speculating, "spec_ms_per_token": None if s is None else
+        return {"adapt": self.enabled, "speculating": self.speculating, "mode": "speculate" if self.speculating
+                else "target", "spec_ms_per_token": None if s is None else
                 s * 1000, "target_ms_per_token": None if t is None else t * 1000, "reason": self.reason}

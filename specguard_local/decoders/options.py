@@ -20,6 +20,10 @@ class Options:
     verifier: str | None = None     # signals, target-judge, probe or a '+' combination; None: the profile's choice
     probe: str | None = None        # probe file for the probe verifier; None: the shipped one for the pair
     adapt: bool = True              # specguard: stop drafting when it is measured not to pay (decoders/controller)
+    salvage: bool = True            # specguard: a step the verifier refuses keeps the target-agreed prefix (one
+                                    # target pass); False: the paper's loop, the target rewrites it
+    draft_p_min: float | None = None  # specguard salvage: stop drafting once the draft's own probability of the
+                                      # whole stretch falls below this; None: the profile's value
     use_logprob: bool = True
     use_grounding: bool = True
     layers: int = 3                 # attention rollout depth (last N layers)

@@ -31,8 +31,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..engine import Sampling, sample
+from ..engine import Sampling, sample, softmax
 from ..events import Step
+from .base import PairRuntime
 from .drivers import token_loop
 from .options import Options
 
@@ -121,12 +122,7 @@ def accept_or_resample(target_probs: np.ndarray, draft_probs: np.ndarray, token:
     return int(rng.choice(len(residual), p=residual / total))
 
 
-def probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = np.exp((logits - logits.max()) / temperature).astype(np.float64)
-    return scaled / scaled.sum()
-
-
-def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
+def sd(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:
     target, draft = rt.session("target"), rt.session("draft")
     temperature = opts.sampling.temperature
     plain = Sampling(temperature=temperature, top_p=1.0)
@@ -155,7 +151,7 @@ def sd(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
                 best = int(np.argmax(logits[i]))
                 correction = None if best == token else best
             else:
-                correction = accept_or_resample(probs(logits[i], temperature), probs(draft_logits[i], temperature),
+                correction = accept_or_resample(softmax(logits[i], temperature), softmax(draft_logits[i], temperature),
                                                 token, rng)
             if correction is not None:
                 break

@@ -9,12 +9,12 @@ from typing import Iterator
 import numpy as np
 
 from ..events import Step
-from .base import write_step
+from .base import PairRuntime, write_step
 from .drivers import step_loop
 from .options import Options
 
 
-def single(rt, role: str, prompt: list[int], opts: Options) -> Iterator[Step]:
+def single(rt: PairRuntime, role: str, prompt: list[int], opts: Options) -> Iterator[Step]:
     session = rt.session(role, n_seq=opts.k, hidden=opts.k > 1)
     session.sync(prompt)
     rng = np.random.default_rng(opts.seed)
@@ -31,11 +31,11 @@ def single(rt, role: str, prompt: list[int], opts: Options) -> Iterator[Step]:
     yield from step_loop(prompt, opts, session.ctx.n_ctx_seq, write)
 
 
-def target(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
+def target(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:
     """Target-only decoding: the quality reference and the speed baseline."""
     return single(rt, "target", prompt, opts)
 
 
-def draft(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
+def draft(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:
     """Draft-only decoding: the speed ceiling (and accuracy floor) of any draft-based method."""
     return single(rt, "draft", prompt, opts)

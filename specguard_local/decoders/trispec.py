@@ -19,7 +19,9 @@ from typing import Iterator
 
 import numpy as np
 
+from ..engine import softmax
 from ..events import Step
+from .base import PairRuntime
 from .drivers import token_loop
 from .options import Options
 
@@ -37,13 +39,12 @@ def lookup(tokens: list[int], n_max: int, ngram_max: int = 3) -> list[int]:
 def margin(logits: np.ndarray) -> tuple[int, float]:
     """(argmax, top-1 minus top-2 probability) of a logits row."""
     top2 = np.argpartition(logits, -2)[-2:]
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    probs = softmax(logits)
     first, second = sorted(top2, key=lambda t: -probs[t])
     return int(first), float(probs[first] - probs[second])
 
 
-def trispec(rt, prompt: list[int], opts: Options) -> Iterator[Step]:
+def trispec(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:
     proxy, target = rt.session("draft"), rt.session("target")
     tokens = list(prompt)
 

@@ -10,7 +10,9 @@ step iff score ≥ its τ:
                 one-prefill score). The prefill also leaves an accepted step in the target's KV cache.
   probe         a logistic probe on mean final hidden states (SemanticSpec, arXiv 2602.03708) trained on outcome
                 labels from `specguard-local study`; score = 1 - P(harmful). See `probe`.
-  a+b           accept only when every part accepts (e.g. `signals+target-judge`).
+  a+b           accept only when every part accepts (e.g. `signals+target-judge`). The parts run cheapest first
+                (`COST_RANK`: the draft's signals, the probe, the target's judge) and the first that fails ends the
+                check, so a part that needs the target's pass never runs for a step the draft's own signals reject.
 
 `draft_signals` and `read_step` compute every signal the study measures; a verifier uses some of them. `Grounding`
 is the draft-side verification state across steps (the capture hook and the prefix mass of I), shared by the
@@ -31,6 +33,7 @@ from .base import Candidate, Session
 
 VERIFIERS = ("signals", "target-judge", "probe")
 SCORE_KEYS = {"signals": "r", "target-judge": "judge", "probe": "probe_safe"}
+COST_RANK = {"signals": 0, "probe": 1, "target-judge": 2}  # draft-only < a dot product (+ maybe the pass) < the pass
 
 
 def draft_signals(cand: Candidate, mass: PrefixMass, layers: list[int]) -> dict[str, float]:
@@ -50,17 +53,41 @@ def with_decision(signals: dict[str, float], profile: Profile, use_logprob: bool
     return {**signals, "logprob_norm": l_norm, "grounding_norm": g_norm, "r": r}
 
 
-def read_step(target: Session, step: list[int]) -> tuple[dict[str, float], np.ndarray | None]:
-    """The target reads `step` after its tokens in one batched prefill: its log-probs of the step's tokens (min,
-    mean, geometric-mean probability = the judge score) and, when its context captures hidden states, their mean
-    over the step. Afterwards the target's session holds the step."""
+@dataclass
+class TargetRead:
+    """The target's one pass over a drafted step: the logits before its first token, after each of its tokens, the
+    judge's scores and (when captured) the target's mean hidden state over the step."""
+
+    before: np.ndarray
+    rows: np.ndarray
+    scores: dict[str, float]
+    hidden: np.ndarray | None
+
+    def logits_at(self, i: int) -> np.ndarray:
+        """The target's logits for the step's token i (i = len(step): the token after the step)."""
+        return self.before if i == 0 else self.rows[i - 1]
+
+
+def read_step(target: Session, context: list[int], step: list[int]) -> tuple[TargetRead, int]:
+    """The target reads `step` after `context` in one batched pass: its log-probs of the step's tokens (min, mean,
+    geometric-mean probability = the judge score) and, when its context captures hidden states, their mean over the
+    step. Tokens of `context` the target has not read yet go in the same batch (a correction it made last pass,
+    draft steps kept without it), so catching up costs no decode of its own. Afterwards the target's session holds
+    context + step. Returns the read and the number of tokens caught up on."""
+    held, caught_up = len(target.tokens), 0
+    if not (held and target.logits is not None and context[:held] == target.tokens):
+        caught_up = target.sync(context)  # an empty or diverged cache
+    unread = context[len(target.tokens):]
     before = target.logits
-    rows = target.extend(step)
+    rows = target.extend(unread + step, quiet=max(len(unread) - 1, 0))
+    if unread:
+        before, rows = rows[0], rows[1:]
     logprobs = [token_logprob(row, token) for row, token in zip([before, *rows[:-1]], step)]
     hook = target.ctx.hook
-    hidden = hook.rows(HIDDEN).mean(axis=0) if hook is not None and HIDDEN in hook.parts else None
-    return {"target_logprob_min": float(min(logprobs)), "target_logprob_mean": float(np.mean(logprobs)),
-            "judge": float(np.exp(np.mean(logprobs)))}, hidden
+    hidden = hook.rows(HIDDEN)[-len(step):].mean(axis=0) if hook is not None and HIDDEN in hook.parts else None
+    return TargetRead(before, rows, {"target_logprob_min": float(min(logprobs)),
+                                     "target_logprob_mean": float(np.mean(logprobs)),
+                                     "judge": float(np.exp(np.mean(logprobs)))}, hidden), caught_up + len(unread)
 
 
 @dataclass
@@ -79,9 +106,12 @@ class Grounding:
         """Add the tokens the draft has just prefilled (the prompt, or steps the target wrote) to I."""
         self.mass = extend_prefix(self.mass, *map(self.capture.rows, self.capture.layers[:-1]))
 
-    def absorb(self, step: Candidate) -> None:
-        """Add an accepted draft step to I, from the rows captured while drafting it."""
-        self.mass = extend_prefix(self.mass, *map(step.attention, self.capture.layers[:-1]))
+    def absorb(self, step: Candidate, n_kept: int | None = None) -> None:
+        """Add an accepted draft step (or its first `n_kept` tokens) to I, from the rows captured while drafting it."""
+        n_kept = len(step.tokens) if n_kept is None else n_kept
+        if n_kept:
+            self.mass = extend_prefix(self.mass, *(step.attention(layer)[:n_kept]
+                                                   for layer in self.capture.layers[:-1]))
 
     def signals(self, cand: Candidate, profile: Profile | None = None, use_logprob: bool = True,
                 use_grounding: bool = True) -> dict[str, float]:
@@ -102,29 +132,18 @@ class Grounding:
 
 @dataclass(frozen=True)
 class Verifier:
-    """A verifier or an AND-combination: its parts and one τ per part."""
+    """A verifier or an AND-combination: its parts, cheapest first (`COST_RANK`), and one τ per part."""
 
     parts: tuple[str, ...]
     taus: tuple[float, ...]
-
-    @property
-    def needs_target(self) -> bool:
-        return "target-judge" in self.parts or "probe" in self.parts
-
-    @property
-    def draft_only(self) -> bool:
-        return self.parts == ("signals",)
-
-    def accepts(self, scores: dict[str, float]) -> bool:
-        return all(scores[SCORE_KEYS[part]] >= tau for part, tau in zip(self.parts, self.taus))
 
     def describe(self) -> str:
         return "+".join(f"{part}≥{tau:g}" for part, tau in zip(self.parts, self.taus))
 
 
 def parse_verifier(spec: str, profile: Profile, tau: float | None = None) -> Verifier:
-    """`signals`, `target-judge`, `probe` or a `+`-joined combination; τ per part from the profile unless `tau`
-    (one verifier only) overrides it."""
+    """`signals`, `target-judge`, `probe` or a `+`-joined combination (its parts put cheapest first); τ per part
+    from the profile unless `tau` (one verifier only) overrides it."""
     parts = tuple(part.strip() for part in spec.split("+") if part.strip())
     unknown = [part for part in parts if part not in VERIFIERS]
     if unknown or not parts or len(set(parts)) != len(parts):
@@ -137,4 +156,5 @@ def parse_verifier(spec: str, profile: Profile, tau: float | None = None) -> Ver
     if missing:
         raise SpecGuardError(f"the calibration profile has no τ for {', '.join(missing)}; pass --tau or calibrate "
                              f"with `specguard-local calibrate --study DIR`")
+    parts = tuple(sorted(parts, key=COST_RANK.__getitem__))
     return Verifier(parts, tuple(tau if tau is not None else profile.taus[part] for part in parts))

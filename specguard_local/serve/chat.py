@@ -21,7 +21,8 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # method options a request may set, by type; file paths (profile, probe) stay the server's choice
 EXTRA_OPTIONS = {"k": int, "max_step_tokens": int, "layers": int, "draft_max": int,
                  "tau": float, "beta": float, "lam": float, "delta": float,
-                 "verifier": str, "adapt": bool, "use_logprob": bool, "use_grounding": bool, "draft_fixed": bool}
+                 "verifier": str, "adapt": bool, "use_logprob": bool, "use_grounding": bool, "draft_fixed": bool,
+                 "salvage": bool, "draft_p_min": float}
 
 KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
