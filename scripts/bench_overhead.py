@@ -23,12 +23,11 @@ import time
 
 import numpy as np
 
-from specguard_local.decoders.base import sample_steps
 from specguard_local.decoders.options import Options
 from specguard_local.decoders.specguard import load_profile
-from specguard_local.decoders.verifiers import Grounding
+from specguard_local.generation import sample_steps
 from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.signals import select
+from specguard_local.verify.signals import Grounding, select
 
 QUESTION = ("A bakery sells muffins for $3 each and cookies for $2 each. On Monday it sold 45 muffins and 60 cookies, "
             "and on Tuesday it sold twice as many muffins and 15 fewer cookies. How much money did it make?")

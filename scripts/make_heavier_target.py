@@ -24,7 +24,7 @@ from gguf.quants import dequantize, quantize
 from tqdm import tqdm
 
 from specguard_local import models
-from specguard_local.signals import default_profile
+from specguard_local.verify.signals import default_profile
 
 TYPES = {"f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
          "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0)}

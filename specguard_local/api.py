@@ -6,7 +6,7 @@ import time
 from typing import Iterator
 
 from .decoders import METHODS
-from .decoders.options import Options
+from .decoders.options import Options, validate
 from .errors import SpecGuardError
 from .events import Result, Step
 from .grading import extract_answer
@@ -26,17 +26,11 @@ def generate(rt: Runtime, prompt: list[int], method: str = "specguard", opts: Op
 
 
 def check(method: str, opts: Options) -> None:
-    """Reject an unknown method or option values no decoder can run with, before any decoding."""
+    """Reject an unknown method or option values no decoder can run with (`decoders.options.SCHEMA`), before any
+    decoding."""
     if method not in METHODS:
         raise SpecGuardError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if opts.k < 1 or opts.max_tokens < 1 or opts.max_step_tokens < 1:
-        raise SpecGuardError("--k, --max-tokens and --max-step-tokens must be at least 1")
-    if opts.temperature is not None and opts.temperature < 0 or not 0 < opts.top_p <= 1:
-        raise SpecGuardError("temperature must be at least 0 and top_p between 0 (excluded) and 1")
-    if not 0 <= opts.seed < 2 ** 63:
-        raise SpecGuardError(f"seed must be a whole number from 0 to 2**63 - 1, not {opts.seed}")
-    if opts.draft_p_min is not None and not 0.0 <= opts.draft_p_min <= 1.0:
-        raise SpecGuardError(f"draft_p_min must lie in [0, 1], not {opts.draft_p_min}")
+    validate(opts)
 
 
 def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> Result:

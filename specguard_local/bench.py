@@ -3,7 +3,6 @@ then report.md and the accuracy-latency plot."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from .api import stream, summarize
 from .datasets import Problem
 from .decoders import METHODS
-from .decoders.options import Options
+from .decoders.options import SCHEMA, Options, parse_text
 from .errors import SpecGuardError
 from .grading import is_correct
 from .report import write_report
@@ -67,28 +66,17 @@ def method_variant(spec: str) -> tuple[str, dict]:
     name, *assignments = spec.split(":")
     if name not in METHODS:
         raise SpecGuardError(f"unknown method {name!r} in --methods; choose from {', '.join(METHODS)}")
-    fields = {f.name: f for f in dataclasses.fields(Options)}
     overrides = {}
     for assignment in assignments:
         key, _, value = assignment.partition("=")
-        if key not in fields or not value:
+        if key not in SCHEMA or not value:
             raise SpecGuardError(f"bad option {assignment!r} in method {spec!r}; write field=value with a field of "
-                                 f"{', '.join(fields)}")
-        overrides[key] = _coerce(value, getattr(Options(), key))
+                                 f"{', '.join(SCHEMA)}")
+        try:
+            overrides[key] = parse_text(key, value)
+        except SpecGuardError as exc:
+            raise SpecGuardError(f"bad option {assignment!r} in method {spec!r}: {exc}") from None
     return name, overrides
-
-
-def _coerce(value: str, default):
-    """A method option's text as the type of its default (text when the default is None and it is no number)."""
-    if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes")
-    for kind in (int, float):
-        if isinstance(default, kind) or default is None:
-            try:
-                return kind(value)
-            except ValueError:
-                continue
-    return value
 
 
 def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir: Path, opts: Options, meta: dict,

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import cancel, models
-from .errors import SpecGuardError
+from .errors import OptionError, SpecGuardError
 
 EPILOG = """\b
 Examples:
@@ -33,7 +33,10 @@ def friendly_errors(fn):
             with cancel.on_sigint():  # Ctrl-C never raises inside a llama.cpp callback (see `cancel`)
                 return fn(*args, **kwargs)
         except SpecGuardError as exc:
-            click.echo(f"error: {exc}", err=True)
+            message = str(exc)
+            if isinstance(exc, OptionError):  # the schema's message, with the option spelt as its flag
+                message = message.replace(exc.param, "--" + exc.param.replace("_", "-"), 1)
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
@@ -110,6 +113,13 @@ def main():
 @click.option("--no-adapt", is_flag=True,
               help="specguard: always draft (the paper's behaviour). By default drafting stops for the rest of an "
                    "answer once it is measured to cost more per token than the target alone on this machine.")
+@click.option("--no-salvage", is_flag=True,
+              help="specguard: the paper's loop, the target rewrites a step the verifier refuses. By default the "
+                   "target reads the drafted stretch in one pass and keeps the prefix it agrees with plus its own "
+                   "next token, and the draft drafts on.")
+@click.option("--draft-p-min", type=float, default=None,
+              help="specguard: the draft stops once its own probability of the drafted stretch falls below this, "
+                   "and the target reads it [default: the profile's, 0.7].")
 @click.option("--no-grounding", is_flag=True, help="Ablation: decide on the log-prob score alone.")
 @click.option("--no-logprob", is_flag=True, help="Ablation: decide on the attention grounding score alone.")
 @click.option("--layers", default=3, show_default=True,
@@ -129,17 +139,18 @@ def main():
               help="Append one JSON line per step (all candidates, raw and normalised scores, decision, timings).")
 @friendly_errors
 def solve(question, method, draft, target, models_dir, n_ctx, threads, n_gpu_layers, max_tokens, max_step_tokens, k,
-          temperature, top_p, seed, beta, verifier, tau, probe_path, no_adapt, no_grounding, no_logprob, layers,
-          draft_max, draft_fixed, lam, delta, profile, as_json, trace):
+          temperature, top_p, seed, beta, verifier, tau, probe_path, no_adapt, no_salvage, draft_p_min, no_grounding,
+          no_logprob, layers, draft_max, draft_fixed, lam, delta, profile, as_json, trace):
     """Solve QUESTION step by step and print the final \\boxed{} answer with statistics."""
-    from .api import stream, summarize
+    from .api import check, stream, summarize
     from .decoders.options import Options
 
     opts = Options(max_tokens=max_tokens, max_step_tokens=max_step_tokens, k=k, temperature=temperature, top_p=top_p,
                    seed=seed, beta=beta, tau=tau, verifier=verifier, probe=probe_path, adapt=not no_adapt,
-                   use_logprob=not no_logprob,
+                   salvage=not no_salvage, draft_p_min=draft_p_min, use_logprob=not no_logprob,
                    use_grounding=not no_grounding,
                    layers=layers, draft_max=draft_max, draft_fixed=draft_fixed, lam=lam, delta=delta, profile=profile)
+    check(method, opts)  # before any model loads
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         steps, start = [], time.perf_counter()
         trace_file = open(trace, "a") if trace else None
@@ -268,29 +279,22 @@ def calibrate(dataset, offset, limit, max_tokens, low, high, layers, study_dir, 
     With --study DIR: the bounds from the study's draft steps, and for each verifier (signals, target-judge, probe)
     the lowest τ whose accepted steps flip at most --max-harm of the study's problems from right to wrong; the
     verifier that accepts the most steps within that risk becomes the default."""
-    from dataclasses import replace
-
-    from .calibration import bounds_from_study, calibrate as run_calibration, thresholds_from_study
-    from .probe import Probe, default_probe_path
-    from .signals import Profile
-    from .study import load_study
+    from .study import calibrate_bounds, load_study
+    from .verify.calibration import profile_from_study
+    from .verify.probe import Probe, default_probe_path
 
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         if study_dir is None:
-            profile = run_calibration(rt, dataset, offset, limit, max_tokens, low, high, layers, rt.ids["draft"],
+            profile = calibrate_bounds(rt, dataset, offset, limit, max_tokens, low, high, layers, rt.ids["draft"],
                                       rt.ids["target"])
         else:
             problems = load_study(study_dir)
             if not problems:
                 raise SpecGuardError(f"{study_dir} holds no studied problems; run `specguard-local study` first")
-            steps = [step for row in problems for step in row["steps"]]
-            profile = Profile(**bounds_from_study(steps, low, high), draft=rt.ids["draft"], target=rt.ids["target"])
             path = probe_path or (default_probe_path() if default_probe_path().exists() else None)
             probe = Probe.load(path, rt.ids["draft"], rt.ids["target"]) if path else None
-            taus, verifier, figures = thresholds_from_study(problems, profile, max_harm, probe)
-            profile = replace(profile, taus=taus, verifier=verifier,
-                              notes={"study": str(study_dir), "percentiles": [low, high], "probe": str(path or ""),
-                                     **figures})
+            profile = profile_from_study(problems, low, high, max_harm, probe, rt.ids["draft"], rt.ids["target"],
+                                         {"study": str(study_dir), "probe": str(path or "")})
     profile.save(out)
     click.echo(f"wrote {out}: log-prob [{profile.logprob_lo:.3f}, {profile.logprob_hi:.3f}], "
                f"grounding [{profile.grounding_lo:.4f}, {profile.grounding_hi:.4f}]")
@@ -340,7 +344,7 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
     """
     from .datasets import load_problems
     from .study import StudyOptions, run_study
-    from .calibration import study_profile
+    from .verify.calibration import study_profile
     from .study_report import write_study_report
 
     if k < 1 or max_tokens < 1:
@@ -357,28 +361,15 @@ def study(dataset, offset, limit, out, max_tokens, max_step_tokens, k, layers, s
     click.echo(report_path.read_text(encoding="utf-8"))
     click.echo(f"report: {report_path}")
     if train_probe:
-        from dataclasses import replace
+        from .verify.probe import train_from_study
 
-        import numpy as np
-
-        from . import probe as probes
-
-        trained = []
-        for kind in probes.FEATURES:
-            x, harmful, groups = probes.study_arrays(rows, kind, "harmful")
-            if not harmful.any():
-                raise SpecGuardError("the study has no harmful step to train or judge a probe on; study more "
-                                     "problems (--limit)")
-            for label in probes.LABELS:
-                y = harmful if label == "harmful" else probes.study_arrays(rows, kind, label)[1]
-                probe = probes.train(x, y, groups, kind, seed, label=label, harmful=harmful, study=str(out),
-                                     dataset=dataset)
-                trained.append(probe)
-                click.echo(f"probe on {kind} hidden states, trained for '{label}' ({probe.training['positives']} of "
-                           f"{probe.training['steps']} steps): out-of-fold AUROC for harmful "
-                           f"{probe.training['cv_auroc_harmful']:.3f}")
-        best = max(trained, key=lambda p: np.nan_to_num(p.training["cv_auroc_harmful"]))
-        replace(best, draft=ids["draft"], target=ids["target"]).save(Path(out) / "probe.json")
+        trained = train_from_study(rows, seed, ids["draft"], ids["target"], study=str(out), dataset=dataset)
+        for probe in trained:
+            click.echo(f"probe on {probe.features} hidden states, trained for '{probe.training['label']}' "
+                       f"({probe.training['positives']} of {probe.training['steps']} steps): out-of-fold AUROC for "
+                       f"harmful {probe.training['cv_auroc_harmful']:.3f}")
+        best = trained[0]
+        best.save(Path(out) / "probe.json")
         click.echo(f"wrote {Path(out) / 'probe.json'} ({best.features} hidden states, trained for "
                    f"'{best.training['label']}')")
 

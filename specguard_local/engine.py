@@ -5,7 +5,7 @@ several sequences at once (how k candidates are drafted in one call), KV roll-ba
 (`fork`, i.e. `llama_memory_seq_cp`), raw log-probabilities and sampling from logits.
 
 Contexts use one KV stream per sequence (`kv_unified = false`): inside a stream a KV cell index equals the token's
-position, which is what lets `attention` read rows of `kq_soft_max` by position (see `tests/test_attention.py`).
+position, which is what lets `capture` read rows of `kq_soft_max` by position (see `tests/test_attention.py`).
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ import threading
 from dataclasses import dataclass
 
 from . import models
-from .attention import Capture, last_layers
 from .batching import Batcher, SlotContext
-from .decoders.base import Session
+from .capture import Capture, last_layers
 from .engine import Context, Model
 from .errors import SpecGuardError
+from .generation import Session
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 

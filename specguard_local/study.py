@@ -28,14 +28,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .api import stream
 from .bench import append_row, open_run, read_rows
-from .datasets import Problem
-from .decoders.base import Candidate, Session, sample_steps
-from .decoders.verifiers import Grounding, read_step
+from .datasets import Problem, load_problems
+from .decoders.options import Options
 from .engine import Sampling
+from .errors import SpecGuardError
+from .generation import Candidate, Session, sample_steps
 from .grading import extract_answer, is_correct
-from .probe import encode_vector
 from .runtime import Runtime
+from .verify.probe import encode_vector
+from .verify.signals import Grounding, Profile
+from .verify.stage import read_step
 
 ROWS_FILE = "steps.jsonl"
 GREEDY = Sampling()
@@ -186,3 +190,27 @@ def run_study(rt: Runtime, problems: list[Problem], out_dir: Path, opts: StudyOp
 def load_study(out_dir: str | Path) -> list[dict]:
     """The problem rows of a study folder (its steps.jsonl)."""
     return read_rows(Path(out_dir) / ROWS_FILE)
+
+
+def calibrate_bounds(rt: Runtime, dataset: str, offset: int, limit: int, max_tokens: int, low: float, high: float, layers: int,
+                     draft_name: str, target_name: str) -> Profile:
+    """Normalisation bounds from a dev run: greedy draft steps of `dataset[offset:offset + limit]`, every one
+    accepted (τ = 0), and each raw score's `low` / `high` percentiles (`verify.calibration`)."""
+    problems = load_problems(dataset)[offset:offset + limit]
+    if not problems:
+        raise SpecGuardError(f"the dev slice {offset}..{offset + limit} of {dataset} is empty")
+    logprobs, groundings = [], []
+    for problem in tqdm(problems, desc="calibrating", unit="problem"):
+        for step in stream(rt, problem.question, "specguard", Options(max_tokens=max_tokens, tau=0.0, layers=layers,
+                                                                          adapt=False, salvage=False)):
+            logprobs.append(step.scores["logprob_min"])
+            groundings.append(step.scores["grounding_min"])
+    lo_l, hi_l = np.percentile(logprobs, [low, high])
+    lo_g, hi_g = np.percentile(groundings, [low, high])
+    if not (lo_l < hi_l and lo_g < hi_g):
+        raise SpecGuardError(f"{len(logprobs)} draft steps are too few to tell the score bounds apart; "
+                             "raise --limit or --max-tokens")
+    return Profile(logprob_lo=float(lo_l), logprob_hi=float(hi_l), grounding_lo=float(lo_g),
+                   grounding_hi=float(hi_g), draft=draft_name, target=target_name,
+                   notes={"dataset": dataset, "problems": f"{offset}..{offset + len(problems) - 1}",
+                          "steps": len(logprobs), "percentiles": [low, high], "layers": layers})

@@ -18,8 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from . import probe as probes
-from .signals import Profile, decision_score
+from .verify import probe as probes
+from .verify.signals import Profile, decision_score
 
 N_BOOTSTRAP = 1000
 # signal key, label, +1 when a higher value means a safer step (-1 when riskier), cost keys it needs

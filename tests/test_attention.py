@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from specguard_local.attention import (Capture, PrefixMass, extend_prefix, extend_step, last_layers,
-                                      step_grounding)
-from specguard_local.decoders.base import Session, sample_steps
-from specguard_local.decoders.verifiers import Grounding
+from specguard_local.capture import Capture, last_layers
 from specguard_local.engine import Context, Sampling
-from specguard_local.signals import Profile
+from specguard_local.generation import Session, sample_steps
+from specguard_local.verify.grounding import PrefixMass, extend_prefix, extend_step, step_grounding
+from specguard_local.verify.signals import Grounding, Profile
 
 
 def random_attention(rng, n, renormalise, threshold=0.01):

@@ -11,7 +11,7 @@ from specguard_local.batching import Batcher
 from specguard_local.cancel import Cancelled
 from specguard_local.decoders.options import Options
 from specguard_local.runtime import Runtime, RuntimeConfig, SlotRuntime
-from specguard_local.signals import Profile
+from specguard_local.verify.signals import Profile
 from tiny_gguf import write_tiny_model
 
 QUESTIONS = ["Tell me a long story about numbers.", "Count to ten.", "What is 2 + 2?", "Name three colours."]

@@ -108,7 +108,7 @@ def test_models_list_and_path():
 
 
 def test_calibrate_writes_a_profile_solve_accepts(tmp_path):
-    from specguard_local.signals import Profile
+    from specguard_local.verify.signals import Profile
 
     out = tmp_path / "profile.json"
     done = cli("calibrate", "--limit", "2", "--max-tokens", "96", "--out", str(out))
@@ -121,7 +121,7 @@ def test_calibrate_writes_a_profile_solve_accepts(tmp_path):
 
 
 def test_profile_for_another_pair_is_refused(tmp_path):
-    from specguard_local.signals import Profile
+    from specguard_local.verify.signals import Profile
 
     out = tmp_path / "other.json"
     Profile(logprob_lo=-2, logprob_hi=0, grounding_lo=0.9, grounding_hi=1.0, draft="x", target="y").save(out)

@@ -7,7 +7,7 @@ from specguard_local import api
 from specguard_local.decoders.controller import PROBE_EVERY, Controller
 from specguard_local.decoders.options import Options
 from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.signals import Profile
+from specguard_local.verify.signals import Profile
 from tiny_gguf import write_tiny_model
 
 

@@ -7,7 +7,7 @@ import pytest
 from specguard_local import api
 from specguard_local.decoders import METHODS
 from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.signals import Profile
+from specguard_local.verify.signals import Profile
 from tiny_gguf import write_tiny_model
 
 N_CTX = 256

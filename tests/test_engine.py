@@ -104,7 +104,7 @@ def test_context_overflow_is_a_clear_error(tiny_model):
 
 
 def test_sample_steps_stops_early_once_every_candidate_is_hopeless(tiny_model):
-    from specguard_local.decoders.base import Session, sample_steps
+    from specguard_local.generation import Session, sample_steps
 
     ctx = Context(tiny_model, n_seq=3, n_ctx_seq=256)
     session = Session(ctx)

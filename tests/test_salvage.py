@@ -5,15 +5,15 @@ import itertools
 from dataclasses import replace
 
 import pytest
+from tiny_gguf import write_tiny_model
 
 from specguard_local import api
 from specguard_local.decoders.options import Options
-from specguard_local.decoders.verifiers import VERIFIERS, parse_verifier
 from specguard_local.engine import Context
-from specguard_local.probe import Probe
 from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.signals import Profile
-from tiny_gguf import write_tiny_model
+from specguard_local.verify.probe import Probe
+from specguard_local.verify.signals import Profile
+from specguard_local.verify.stage import VERIFIERS, parse_verifier
 
 NEAR_TIE = 0.5  # logits; llama.cpp's batch-shape numerics only flip argmaxes this close (as in test_sd)
 QUESTION = "Tom has 3 boxes with 12 apples each. He eats 5 apples. How many apples are left?"

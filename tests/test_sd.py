@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+from tiny_gguf import write_tiny_model
 
 from specguard_local import api
 from specguard_local.decoders.options import Options
-from specguard_local.decoders.sd import PROBE_EVERY, PROBES_LOST, CostModel, accept_or_resample
+from specguard_local.decoders.sd import PROBE_EVERY, PROBES_LOST, CostModel
 from specguard_local.engine import Context
 from specguard_local.runtime import Runtime, RuntimeConfig
-from tiny_gguf import write_tiny_model
+from specguard_local.verify.stage import accept_or_resample
 
 NEAR_TIE = 0.5  # logits; llama.cpp's batch-shape numerics only flip argmaxes this close
 

@@ -20,7 +20,7 @@ import pytest
 
 from specguard_local import api
 from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.signals import Profile
+from specguard_local.verify.signals import Profile
 from tiny_gguf import write_tiny_model
 
 QUESTION = "Tell me a long story about numbers."

@@ -5,13 +5,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import NATALIA
+
 from specguard_local import api
-from specguard_local.attention import PrefixMass, extend_prefix, step_grounding
 from specguard_local.decoders.options import Options
 from specguard_local.errors import SpecGuardError
-from specguard_local.signals import Profile, decision_score, default_profile, select
+from specguard_local.verify.grounding import PrefixMass, extend_prefix, step_grounding
+from specguard_local.verify.signals import Profile, decision_score, default_profile, select
 
 pytestmark = pytest.mark.real
 SHORT = "What is 12 plus 30? Answer briefly."
@@ -53,7 +53,7 @@ def test_seeded_specguard_is_reproducible(real_runtime):
 
 def test_grounding_prefers_steps_that_copy_the_question(real_runtime):
     """A step quoting the question's numbers is better grounded than the same step with unrelated numbers."""
-    from specguard_local.attention import last_layers
+    from specguard_local.capture import last_layers
 
     rt = real_runtime
     session = rt.session("draft", n_seq=1, layers=3)
@@ -111,7 +111,7 @@ def test_bad_profile_is_a_clear_error(tmp_path, content):
 def probe_files(real_runtime, tmp_path_factory):
     """Probe files for the real pair whose P(harmful) is ~0 (accept; on target hidden states) or ~1 (reject; on
     draft hidden states), so both feature paths run."""
-    from specguard_local.probe import Probe
+    from specguard_local.verify.probe import Probe
 
     rt, folder = real_runtime, tmp_path_factory.mktemp("probes")
     paths = {}

@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_gguf import write_tiny_model
 
-from specguard_local import probe as probes
-from specguard_local.calibration import risk_threshold
 from specguard_local.errors import SpecGuardError
 from specguard_local.study import math_content
-from tiny_gguf import write_tiny_model
+from specguard_local.verify import probe as probes
+from specguard_local.verify.calibration import risk_threshold
 
 
 def synthetic(seed=0, problems=12, steps=8, dims=6):
@@ -156,8 +156,8 @@ def synthetic_study(seed=0, problems=20, steps=6):
 
 
 def test_thresholds_from_a_study_bound_the_flips_and_pick_the_best_verifier():
-    from specguard_local.calibration import bounds_from_study, thresholds_from_study
-    from specguard_local.signals import Profile
+    from specguard_local.verify.calibration import bounds_from_study, thresholds_from_study
+    from specguard_local.verify.signals import Profile
 
     rows = synthetic_study()
     steps = [step for row in rows for step in row["steps"]]

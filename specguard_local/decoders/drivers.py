@@ -18,7 +18,7 @@ import time
 from typing import Callable, Iterator
 
 from ..events import Step
-from .base import STEP_BOUNDARY
+from ..generation import STEP_BOUNDARY
 from .options import Options
 
 ENDS = ("eos", "budget", "context")

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..engine import Sampling, sample, softmax
 from ..events import Step
+from ..verify.stage import accept_or_resample
 from .base import PairRuntime
 from .drivers import token_loop
 from .options import Options
@@ -108,18 +109,6 @@ class CostModel:
 
 def _ema(old: float | None, new: float) -> float:
     return new if old is None else (1 - EMA) * old + EMA * new
-
-
-def accept_or_resample(target_probs: np.ndarray, draft_probs: np.ndarray, token: int,
-                       rng: np.random.Generator) -> int | None:
-    """The rejection rule: None keeps `token`; otherwise the replacement token sampled from norm(max(0, p - q))."""
-    if rng.random() < min(1.0, target_probs[token] / max(draft_probs[token], 1e-30)):
-        return None
-    residual = np.maximum(target_probs - draft_probs, 0.0)
-    total = residual.sum()
-    if total <= 0:
-        return int(rng.choice(len(target_probs), p=target_probs))
-    return int(rng.choice(len(residual), p=residual / total))
 
 
 def sd(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:

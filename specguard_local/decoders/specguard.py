@@ -47,18 +47,17 @@ from typing import Iterator
 
 import numpy as np
 
-from ..engine import Sampling, sample, softmax
+from ..engine import Sampling, sample
 from ..errors import SpecGuardError
 from ..events import Step
-from ..probe import Probe, default_probe_path
-from ..signals import Profile, pair_profile, select
-from .base import STEP_BOUNDARY, Candidate, PairRuntime, Session, sample_steps, write_step
+from ..generation import STEP_BOUNDARY, Candidate, Session, sample_steps
+from ..verify.probe import Probe, default_probe_path
+from ..verify.signals import Grounding, Profile, pair_profile, select
+from ..verify.stage import TargetRead, Verifier, agreement, check, parse_verifier, read_step
+from .base import PairRuntime, write_step
 from .controller import Controller
 from .drivers import step_loop
 from .options import Options
-from .sd import accept_or_resample
-from .verifiers import SCORE_KEYS, Grounding, TargetRead, Verifier, parse_verifier, read_step
-
 
 CHUNK_START, CHUNK_MIN = 64, 4  # salvage's stretch cap: its first value and the least it falls back to
 
@@ -168,20 +167,9 @@ class SpecGuard:
 
     def verify(self, tokens: list[int], proposal: Candidate, scores: dict[str, float],
                timings: dict[str, float]) -> tuple[bool, TargetRead | None]:
-        """Run the verifier's parts cheapest first, stopping at the first that fails; the target reads the step only
-        when a part needs it. Returns (kept, the target's read or None)."""
-        read = None
-        for part, tau in zip(self.verifier.parts, self.verifier.taus):
-            if part == "target-judge" or (part == "probe" and self.probe.features != "draft"):
-                if read is None:
-                    read = self.read(tokens, proposal, timings)
-                    scores.update(read.scores)
-            if part == "probe":
-                hidden = read.hidden if read is not None else None
-                scores["probe_safe"] = 1.0 - self.probe.harm(probe_features(self.probe, proposal, hidden))
-            if scores[SCORE_KEYS[part]] < tau:
-                return False, read
-        return True, read
+        """The verifier's verdict on `proposal` after `tokens` (`verify.stage.check`: parts cheapest first, the
+        target's pass only when a part needs it). Returns (kept, the target's pass or None)."""
+        return check(self.verifier, proposal, scores, lambda: self.read(tokens, proposal, timings), self.probe)
 
     def salvage(self, tokens: list[int], budget: int) -> Step:
         """Draft → verify → keep, or salvage the agreed prefix and draft on, until the step ends. Only a stretch that
@@ -212,7 +200,8 @@ class SpecGuard:
                 if read is None:
                     read = self.read(context, proposal, timings)
                     scores.update(read.scores)
-                n_kept, extra = self.agreement(read, proposal, ends_step)
+                n_kept, correction = agreement(read, proposal, self.sampling.temperature, self.rng)
+                extra = [correction] if correction is not None else [] if ends_step else self.bonus(read)
                 counts["salvaged"] += n_kept
             counts["passes"] += read is not None
             counts["corrections" if n_kept < len(proposal.tokens) else "bonus"] += len(extra)
@@ -242,22 +231,6 @@ class SpecGuard:
         return self.event(written, stop, "draft" if verdict == "accepted" else "target", verdict,
                           {**scores, **counts, "chunks": len(chunks)}, [], [], 0, timings, chunks=chunks,
                           drafted=drafted, accepted=all_kept, target_tokens=len(written) - counts["unchecked"])
-
-    def agreement(self, read: TargetRead, proposal: Candidate, ends_step: bool) -> tuple[int, list[int]]:
-        """How many of the proposal's tokens the target keeps, and its own token after them (token-level SD's rule:
-        greedy agreement, or the rejection rule when sampling)."""
-        temperature = self.sampling.temperature
-        for i, token in enumerate(proposal.tokens):
-            logits = read.logits_at(i)
-            if temperature <= 0:
-                best = int(np.argmax(logits))
-                correction = None if best == token else best
-            else:
-                correction = accept_or_resample(softmax(logits, temperature),
-                                                softmax(proposal.dists[i], temperature), token, self.rng)
-            if correction is not None:
-                return i, [correction]
-        return len(proposal.tokens), [] if ends_step else self.bonus(read)
 
     def bonus(self, read: TargetRead) -> list[int]:
         """The target's own next token after a stretch it read whole and kept (free: its logits came with the
@@ -327,13 +300,6 @@ def rsd(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:
                                             salvage=False))
 
 
-def probe_features(probe: Probe, step: Candidate, target_hidden: np.ndarray | None) -> np.ndarray:
-    """The probe's input: the step's mean hidden state under the draft, the target, or both."""
-    if probe.features == "draft":
-        return step.embedding
-    return target_hidden if probe.features == "target" else np.concatenate([step.embedding, target_hidden])
-
-
 def load_probe(opts: Options, rt: PairRuntime) -> Probe:
     path = opts.probe or default_probe_path()
     if not opts.probe and not path.exists():
@@ -346,8 +312,6 @@ def load_probe(opts: Options, rt: PairRuntime) -> Probe:
 def load_profile(opts: Options, draft: str, target: str) -> Profile:
     """The calibration profile for this pair (`signals.pair_profile`), with the --beta override."""
     profile = pair_profile(opts.profile, draft, target)
-    if opts.beta is not None and not 0.0 <= opts.beta <= 1.0:
-        raise SpecGuardError("--beta must lie in [0, 1]")
     return profile if opts.beta is None else replace(profile, beta=opts.beta)
 
 

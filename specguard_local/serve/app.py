@@ -69,8 +69,8 @@ def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, 
         try:
             prompt = rt.chat_tokens(req.messages)
             api.check(req.method, req.options)
-        except SpecGuardError as exc:
-            raise RequestError(400, str(exc))
+        except SpecGuardError as exc:  # an option's OptionError names it
+            raise RequestError(400, str(exc), param=getattr(exc, "param", None))
         job = Job(req.method, prompt, req.options)
         await scheduler.start(job)
         run = Run(job, req, prompt, request, scheduler)

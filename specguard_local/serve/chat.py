@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from ..decoders import METHODS
-from ..decoders.options import Options
+from ..decoders.options import KIND_NAMES, SCHEMA, Options, typed
+from ..errors import OptionError
 from ..events import Step
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# method options a request may set, by type; file paths (profile, probe) stay the server's choice
-EXTRA_OPTIONS = {"k": int, "max_step_tokens": int, "layers": int, "draft_max": int,
-                 "tau": float, "beta": float, "lam": float, "delta": float,
-                 "verifier": str, "adapt": bool, "use_logprob": bool, "use_grounding": bool, "draft_fixed": bool,
-                 "salvage": bool, "draft_p_min": float}
-
-KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 class RequestError(Exception):
@@ -66,6 +60,17 @@ def _typed(body: dict, name: str, kind: type, check=lambda v: True, rule: str = 
     return value
 
 
+def _option(body: dict, name: str, key: str | None = None):
+    """A method option from the body (None when absent), checked by the one schema."""
+    value = body.get(key or name)
+    if value is None:
+        return None
+    try:
+        return typed(name, value)
+    except OptionError as exc:
+        raise RequestError(400, str(exc), param=key or name) from None
+
+
 def _content(message: dict, i: int) -> str:
     content = message.get("content")
     if isinstance(content, list):  # content parts: only text ones
@@ -84,7 +89,7 @@ def parse_request(body, max_k: int, defaults: Options = Options()) -> ChatReques
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object")
     method = body.get("model")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise RequestError(400, f"unknown model {method!r}; this server runs {', '.join(METHODS)} "
                                 f"(GET /v1/models)", param="model", code="model_not_found")
     messages = body.get("messages")
@@ -92,7 +97,7 @@ def parse_request(body, max_k: int, defaults: Options = Options()) -> ChatReques
         raise RequestError(400, "'messages' must be a non-empty list of {role, content}", param="messages")
     parsed = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise RequestError(400, f"messages[{i}] needs a role among {', '.join(ROLES)}", param="messages")
         parsed.append((ROLES[message["role"]], _content(message, i)))
     if not any(role == "user" and content.strip() for role, content in parsed):
@@ -105,24 +110,14 @@ def parse_request(body, max_k: int, defaults: Options = Options()) -> ChatReques
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError(400, "'stream_options' must be an object", param="stream_options")
-    options = {"max_tokens": _typed(body, "max_completion_tokens", int, lambda v: v >= 1, "an integer >= 1")
-               or _typed(body, "max_tokens", int, lambda v: v >= 1, "an integer >= 1"),
-               "temperature": _typed(body, "temperature", float, lambda v: 0 <= v <= 2, "a number in [0, 2]"),
-               "top_p": _typed(body, "top_p", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-               "seed": _typed(body, "seed", int)}
-    for name, kind in EXTRA_OPTIONS.items():
-        options[name] = _typed(body, name, kind)
-    if options["k"] is not None and not 1 <= options["k"] <= max_k:
+    # every option a request may set (decoders.options.SCHEMA: the same types, rules and messages as the CLI)
+    options = {name: _option(body, name) for name, spec in SCHEMA.items() if spec.request}
+    if body.get("max_completion_tokens") is not None:  # the newer name of max_tokens
+        options["max_tokens"] = _option(body, "max_tokens", "max_completion_tokens")
+    if options["k"] is not None and not options["k"] <= max_k:
         raise RequestError(400, f"'k' must lie between 1 and {max_k} (the server's --max-k)", param="k")
-    for name in ("tau", "beta"):
-        if options[name] is not None and not 0 <= options[name] <= 1:
-            raise RequestError(400, f"'{name}' must lie between 0 and 1", param=name)
-    for name in ("max_step_tokens", "draft_max"):
-        if options[name] is not None and options[name] < 1:
-            raise RequestError(400, f"'{name}' must be at least 1", param=name)
-    known = {f.name for f in fields(Options)}
     return ChatRequest(method=method, messages=parsed,
-                       options=replace(defaults, **{k: v for k, v in options.items() if v is not None and k in known}),
+                       options=replace(defaults, **{k: v for k, v in options.items() if v is not None}),
                        stream=bool(_typed(body, "stream", bool)), stop=stop,
                        include_usage=bool(_typed(stream_options, "include_usage", bool)))
 

@@ -1,8 +1,10 @@
 """Step scores and the self-consistency selector (SpecGuard, arXiv 2604.15244, §3).
 
 - LPBV: a step's log-probability score is the minimum token log-prob under the draft's raw distribution.
-- ABGV: a step's grounding score is the minimum per-token attention grounding (see `attention`).
+- ABGV: a step's grounding score is the minimum per-token attention grounding (see `grounding`).
 - Decision: both are min-max normalised to [0, 1] and combined, r = β·l̃ + (1-β)·g̃; accept iff r ≥ τ.
+- `Grounding`: the draft-side state ABGV needs across steps (the capture hook and the prefix mass of I), shared by
+  the SpecGuard loop and the study; `draft_signals` computes every draft-side signal the study measures.
 - Selector: cosine similarities S of the k candidates' embeddings, row softmax, keep the candidate with the
   smallest diagonal entry (the one most similar to the others).
 
@@ -20,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import softmax
-from .errors import SpecGuardError
+from ..capture import Capture
+from ..engine import softmax
+from ..errors import SpecGuardError
+from ..generation import Candidate
+from .grounding import PrefixMass, extend_prefix, extend_step, step_grounding
 
 
 @dataclass(frozen=True)
@@ -105,3 +110,60 @@ def select(embeddings: np.ndarray) -> int:
     sims = unit @ unit.T
     soft = softmax(sims)
     return int(np.argmin(np.diag(soft)))
+
+
+def draft_signals(cand: Candidate, mass: PrefixMass, layers: list[int]) -> dict[str, float]:
+    """The draft's own raw signals of one (possibly unfinished) step: LPBV and ABGV (min and mean) and the token
+    entropies of the distributions the step was drawn from."""
+    grounding = step_grounding(mass, *(cand.attention(layer) for layer in layers))
+    return {"logprob_min": min(cand.logprobs), "logprob_mean": float(np.mean(cand.logprobs)),
+            "grounding_min": float(grounding.min()), "grounding_mean": float(grounding.mean()),
+            "entropy_max": float(max(cand.entropies)), "entropy_mean": float(np.mean(cand.entropies))}
+
+
+def with_decision(signals: dict[str, float], profile: Profile, use_logprob: bool = True,
+                  use_grounding: bool = True) -> dict[str, float]:
+    """`signals` plus SpecGuard's normalised scores l̃, g̃ and r = β·l̃ + (1-β)·g̃ under `profile`."""
+    l_norm, g_norm, r = decision_score(signals["logprob_min"], signals["grounding_min"], profile, use_logprob,
+                                       use_grounding)
+    return {**signals, "logprob_norm": l_norm, "grounding_norm": g_norm, "r": r}
+
+
+@dataclass
+class Grounding:
+    """What ABGV needs across steps: the draft's capture hook and the prefix mass of I = prompt + accepted steps."""
+
+    capture: Capture
+    mass: PrefixMass
+
+    @staticmethod
+    def start(capture: Capture) -> "Grounding":
+        """Nothing in I yet: the draft's prompt prefill is its first `absorb_prefill`."""
+        return Grounding(capture, PrefixMass.empty(len(capture.layers)))
+
+    def absorb_prefill(self) -> None:
+        """Add the tokens the draft has just prefilled (the prompt, or steps the target wrote) to I."""
+        self.mass = extend_prefix(self.mass, *map(self.capture.rows, self.capture.layers[:-1]))
+
+    def absorb(self, step: Candidate, n_kept: int | None = None) -> None:
+        """Add an accepted draft step (or its first `n_kept` tokens) to I, from the rows captured while drafting it."""
+        n_kept = len(step.tokens) if n_kept is None else n_kept
+        if n_kept:
+            self.mass = extend_prefix(self.mass, *(step.attention(layer)[:n_kept]
+                                                   for layer in self.capture.layers[:-1]))
+
+    def signals(self, cand: Candidate, profile: Profile | None = None, use_logprob: bool = True,
+                use_grounding: bool = True) -> dict[str, float]:
+        """The draft's signals of `cand` against I (`draft_signals`), with l̃, g̃ and r when given a profile."""
+        raw = draft_signals(cand, self.mass, self.capture.layers)
+        return raw if profile is None else with_decision(raw, profile, use_logprob, use_grounding)
+
+    def running_r(self, cand: Candidate, profile: Profile, use_logprob: bool = True,
+                  use_grounding: bool = True) -> float:
+        """r of `cand` so far, for early rejection after every drafted token: the tokens not scored yet join the
+        candidate's running grounding levels (O(context) each, `extend_step`) instead of rescoring the whole step."""
+        if not cand.levels:
+            cand.levels = [[] for _ in self.capture.layers]
+        for i in range(len(cand.levels[0]), len(cand.tokens)):
+            extend_step(self.mass, cand.levels, *(cand.rows[layer][i] for layer in self.capture.layers))
+        return decision_score(min(cand.logprobs), min(cand.levels[-1]), profile, use_logprob, use_grounding)[2]

@@ -1,7 +1,7 @@
 """Calibration: what SpecGuard's decision needs per model pair (the paper gives neither).
 
-Normalisation bounds: greedy draft steps are scored on a dev slice with every step accepted (τ = 0), and each raw
-score's bounds are percentiles over those steps: l̃ = 0 at the `low` percentile of min log-probs, 1 at the `high`
+Normalisation bounds: greedy draft steps are scored on a dev slice with every step accepted (τ = 0, the dev run
+is `study.calibrate_bounds`), and each raw score's bounds are percentiles over those steps: l̃ = 0 at the `low` percentile of min log-probs, 1 at the `high`
 one; same for g̃. From a study (`specguard-local study`) the same bounds come from its greedy draft steps.
 
 Risk-calibrated thresholds (from a study): for each verifier, τ is the lowest threshold at which accepting every
@@ -15,38 +15,14 @@ need a target prefill of every drafted step.
 
 from __future__ import annotations
 
-import numpy as np
-from tqdm import tqdm
+from dataclasses import replace
 
-from .api import stream
-from .datasets import load_problems
-from .decoders.options import Options
-from .errors import SpecGuardError
+import numpy as np
+
+from ..errors import SpecGuardError
 from .signals import Profile, decision_score, pair_profile
 
 ACCEPT_SLACK = 0.02  # share of draft steps
-
-
-def calibrate(rt, dataset: str, offset: int, limit: int, max_tokens: int, low: float, high: float, layers: int,
-              draft_name: str, target_name: str) -> Profile:
-    problems = load_problems(dataset)[offset:offset + limit]
-    if not problems:
-        raise SpecGuardError(f"the dev slice {offset}..{offset + limit} of {dataset} is empty")
-    logprobs, groundings = [], []
-    for problem in tqdm(problems, desc="calibrating", unit="problem"):
-        for step in stream(rt, problem.question, "specguard", Options(max_tokens=max_tokens, tau=0.0, layers=layers,
-                                                                          adapt=False)):
-            logprobs.append(step.scores["logprob_min"])
-            groundings.append(step.scores["grounding_min"])
-    lo_l, hi_l = np.percentile(logprobs, [low, high])
-    lo_g, hi_g = np.percentile(groundings, [low, high])
-    if not (lo_l < hi_l and lo_g < hi_g):
-        raise SpecGuardError(f"{len(logprobs)} draft steps are too few to tell the score bounds apart; "
-                             "raise --limit or --max-tokens")
-    return Profile(logprob_lo=float(lo_l), logprob_hi=float(hi_l), grounding_lo=float(lo_g),
-                   grounding_hi=float(hi_g), draft=draft_name, target=target_name,
-                   notes={"dataset": dataset, "problems": f"{offset}..{offset + len(problems) - 1}",
-                          "steps": len(logprobs), "percentiles": [low, high], "layers": layers})
 
 
 def bounds_from_study(steps: list[dict], low: float, high: float) -> dict[str, float]:
@@ -110,3 +86,13 @@ def study_profile(problems: list[dict], path: str | None, draft: str, target: st
             raise
         steps = [step for row in problems for step in row["steps"]]
         return Profile(**bounds_from_study(steps, 5.0, 95.0), draft=draft, target=target)
+
+
+def profile_from_study(problems: list[dict], low: float, high: float, max_harm: float, probe, draft: str,
+                       target: str, notes: dict) -> Profile:
+    """A pair's whole profile from a study: the bounds from its draft steps, each verifier's risk-calibrated τ and
+    the default verifier (`thresholds_from_study`), with what they were computed from in `notes`."""
+    steps = [step for row in problems for step in row["steps"]]
+    profile = Profile(**bounds_from_study(steps, low, high), draft=draft, target=target)
+    taus, verifier, figures = thresholds_from_study(problems, profile, max_harm, probe)
+    return replace(profile, taus=taus, verifier=verifier, notes={**notes, "percentiles": [low, high], **figures})

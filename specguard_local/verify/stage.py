@@ -14,43 +14,39 @@ step iff score ≥ its τ:
                 (`COST_RANK`: the draft's signals, the probe, the target's judge) and the first that fails ends the
                 check, so a part that needs the target's pass never runs for a step the draft's own signals reject.
 
-`draft_signals` and `read_step` compute every signal the study measures; a verifier uses some of them. `Grounding`
-is the draft-side verification state across steps (the capture hook and the prefix mass of I), shared by the
-SpecGuard loop and the study.
+`read_step` is the target's one pass over a drafted stretch: the judge's scores and, for salvage, the target's own
+prediction at every position (`agreement`: token-level SD's rule). `check` runs a verifier's parts cheapest first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from ..attention import HIDDEN, Capture, PrefixMass, extend_prefix, extend_step, step_grounding
-from ..engine import token_logprob
+from ..capture import HIDDEN
+from ..engine import softmax, token_logprob
 from ..errors import SpecGuardError
-from ..signals import Profile, decision_score
-from .base import Candidate, Session
+from ..generation import Candidate, Session
+from .probe import Probe
+from .signals import Profile
 
 VERIFIERS = ("signals", "target-judge", "probe")
 SCORE_KEYS = {"signals": "r", "target-judge": "judge", "probe": "probe_safe"}
 COST_RANK = {"signals": 0, "probe": 1, "target-judge": 2}  # draft-only < a dot product (+ maybe the pass) < the pass
 
 
-def draft_signals(cand: Candidate, mass: PrefixMass, layers: list[int]) -> dict[str, float]:
-    """The draft's own raw signals of one (possibly unfinished) step: LPBV and ABGV (min and mean) and the token
-    entropies of the distributions the step was drawn from."""
-    grounding = step_grounding(mass, *(cand.attention(layer) for layer in layers))
-    return {"logprob_min": min(cand.logprobs), "logprob_mean": float(np.mean(cand.logprobs)),
-            "grounding_min": float(grounding.min()), "grounding_mean": float(grounding.mean()),
-            "entropy_max": float(max(cand.entropies)), "entropy_mean": float(np.mean(cand.entropies))}
-
-
-def with_decision(signals: dict[str, float], profile: Profile, use_logprob: bool = True,
-                  use_grounding: bool = True) -> dict[str, float]:
-    """`signals` plus SpecGuard's normalised scores l̃, g̃ and r = β·l̃ + (1-β)·g̃ under `profile`."""
-    l_norm, g_norm, r = decision_score(signals["logprob_min"], signals["grounding_min"], profile, use_logprob,
-                                       use_grounding)
-    return {**signals, "logprob_norm": l_norm, "grounding_norm": g_norm, "r": r}
+def accept_or_resample(target_probs: np.ndarray, draft_probs: np.ndarray, token: int,
+                       rng: np.random.Generator) -> int | None:
+    """The rejection rule: None keeps `token`; otherwise the replacement token sampled from norm(max(0, p - q))."""
+    if rng.random() < min(1.0, target_probs[token] / max(draft_probs[token], 1e-30)):
+        return None
+    residual = np.maximum(target_probs - draft_probs, 0.0)
+    total = residual.sum()
+    if total <= 0:
+        return int(rng.choice(len(target_probs), p=target_probs))
+    return int(rng.choice(len(residual), p=residual / total))
 
 
 @dataclass
@@ -90,46 +86,6 @@ def read_step(target: Session, context: list[int], step: list[int]) -> tuple[Tar
                                      "judge": float(np.exp(np.mean(logprobs)))}, hidden), caught_up + len(unread)
 
 
-@dataclass
-class Grounding:
-    """What ABGV needs across steps: the draft's capture hook and the prefix mass of I = prompt + accepted steps."""
-
-    capture: Capture
-    mass: PrefixMass
-
-    @staticmethod
-    def start(capture: Capture) -> "Grounding":
-        """Nothing in I yet: the draft's prompt prefill is its first `absorb_prefill`."""
-        return Grounding(capture, PrefixMass.empty(len(capture.layers)))
-
-    def absorb_prefill(self) -> None:
-        """Add the tokens the draft has just prefilled (the prompt, or steps the target wrote) to I."""
-        self.mass = extend_prefix(self.mass, *map(self.capture.rows, self.capture.layers[:-1]))
-
-    def absorb(self, step: Candidate, n_kept: int | None = None) -> None:
-        """Add an accepted draft step (or its first `n_kept` tokens) to I, from the rows captured while drafting it."""
-        n_kept = len(step.tokens) if n_kept is None else n_kept
-        if n_kept:
-            self.mass = extend_prefix(self.mass, *(step.attention(layer)[:n_kept]
-                                                   for layer in self.capture.layers[:-1]))
-
-    def signals(self, cand: Candidate, profile: Profile | None = None, use_logprob: bool = True,
-                use_grounding: bool = True) -> dict[str, float]:
-        """The draft's signals of `cand` against I (`draft_signals`), with l̃, g̃ and r when given a profile."""
-        raw = draft_signals(cand, self.mass, self.capture.layers)
-        return raw if profile is None else with_decision(raw, profile, use_logprob, use_grounding)
-
-    def running_r(self, cand: Candidate, profile: Profile, use_logprob: bool = True,
-                  use_grounding: bool = True) -> float:
-        """r of `cand` so far, for early rejection after every drafted token: the tokens not scored yet join the
-        candidate's running grounding levels (O(context) each, `extend_step`) instead of rescoring the whole step."""
-        if not cand.levels:
-            cand.levels = [[] for _ in self.capture.layers]
-        for i in range(len(cand.levels[0]), len(cand.tokens)):
-            extend_step(self.mass, cand.levels, *(cand.rows[layer][i] for layer in self.capture.layers))
-        return decision_score(min(cand.logprobs), min(cand.levels[-1]), profile, use_logprob, use_grounding)[2]
-
-
 @dataclass(frozen=True)
 class Verifier:
     """A verifier or an AND-combination: its parts, cheapest first (`COST_RANK`), and one τ per part."""
@@ -158,3 +114,51 @@ def parse_verifier(spec: str, profile: Profile, tau: float | None = None) -> Ver
                              f"with `specguard-local calibrate --study DIR`")
     parts = tuple(sorted(parts, key=COST_RANK.__getitem__))
     return Verifier(parts, tuple(tau if tau is not None else profile.taus[part] for part in parts))
+
+
+def needs_pass(part: str, probe: Probe | None) -> bool:
+    """Whether a verifier part reads the target's pass over the step (the judge; a probe on target hidden states)."""
+    return part == "target-judge" or (part == "probe" and probe is not None and probe.features != "draft")
+
+
+def probe_features(probe: Probe, step: Candidate, target_hidden: np.ndarray | None) -> np.ndarray:
+    """The probe's input: the step's mean hidden state under the draft, the target, or both."""
+    if probe.features == "draft":
+        return step.embedding
+    return target_hidden if probe.features == "target" else np.concatenate([step.embedding, target_hidden])
+
+
+def check(verifier: Verifier, proposal: Candidate, scores: dict[str, float], read: Callable[[], TargetRead],
+          probe: Probe | None = None) -> tuple[bool, TargetRead | None]:
+    """Run `verifier`'s parts cheapest first on a drafted stretch whose draft-side `scores` are known, stopping at
+    the first that fails; the target's pass (`read()`) runs only when a part needs it, and once. Adds each part's
+    score to `scores`; returns (kept, the pass or None)."""
+    target_read = None
+    for part, tau in zip(verifier.parts, verifier.taus):
+        if needs_pass(part, probe) and target_read is None:
+            target_read = read()
+            scores.update(target_read.scores)
+        if part == "probe":
+            hidden = target_read.hidden if target_read is not None else None
+            scores["probe_safe"] = 1.0 - probe.harm(probe_features(probe, proposal, hidden))
+        if scores[SCORE_KEYS[part]] < tau:
+            return False, target_read
+    return True, target_read
+
+
+def agreement(target_read: TargetRead, proposal: Candidate, temperature: float,
+              rng: np.random.Generator) -> tuple[int, int | None]:
+    """Token-level salvage: how many of the proposal's tokens the target keeps, and its own token at the first it
+    refuses (None when it keeps them all). Greedy: the target's argmax equals the draft's token; sampled: the
+    rejection rule above, with the draft's distributions kept while drafting (`Candidate.dists`)."""
+    for i, token in enumerate(proposal.tokens):
+        logits = target_read.logits_at(i)
+        if temperature <= 0:
+            best = int(np.argmax(logits))
+            correction = None if best == token else best
+        else:
+            correction = accept_or_resample(softmax(logits, temperature), softmax(proposal.dists[i], temperature),
+                                            token, rng)
+        if correction is not None:
+            return i, correction
+    return len(proposal.tokens), None

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .errors import SpecGuardError
+from ..errors import SpecGuardError
 
 FORMAT = "specguard-local probe"
 FEATURES = ("draft", "target", "both")
@@ -186,3 +186,19 @@ def train(x: np.ndarray, y: np.ndarray, groups: np.ndarray, features: str, seed:
                  training={"label": label, "steps": int(len(y)), "positives": int(y.sum()),
                            "harmful": int(harmful.sum()), "problems": int(len(np.unique(groups))), "C": c,
                            "seed": seed, "folds": n_folds, "cv_auroc_harmful": _auroc(harmful, oof), **training})
+
+
+def train_from_study(problems: list[dict], seed: int, draft: str, target: str, **training) -> list[Probe]:
+    """Every probe a study's rows can train — on draft, target or both hidden states, for the harmful or the
+    differs label — stamped with the pair, best first by out-of-fold AUROC for harmful steps (the one to ship)."""
+    trained = []
+    for kind in FEATURES:
+        x, harmful, groups = study_arrays(problems, kind, "harmful")
+        if not harmful.any():
+            raise SpecGuardError("the study has no harmful step to train or judge a probe on; study more problems "
+                                 "(--limit)")
+        for label in LABELS:
+            y = harmful if label == "harmful" else study_arrays(problems, kind, label)[1]
+            probe = train(x, y, groups, kind, seed, label=label, harmful=harmful, **training)
+            trained.append(replace(probe, draft=draft, target=target))
+    return sorted(trained, key=lambda p: -np.nan_to_num(p.training["cv_auroc_harmful"]))
