@@ -71,12 +71,13 @@ class Controller:
         return True
 
     def record_speculative(self, seconds: float, tokens: int, target_s: float, target_tokens: int,
-                           catch_up_s: float, caught_up: int, draft_sync_s: float, unread: int) -> None:
+                           catch_up_s: float, caught_up: int, one_off_s: float, unread: int) -> None:
         """Fold in one drafted step: its wall time, tokens emitted, the target's rewrite (if the paper's loop rejected
-        it), the target's catch-up prefill, the draft's one-off catch-up on steps the target wrote alone (not counted
-        in S), and how many tokens of the answer the target has not read yet (`unread`)."""
+        it), the target's catch-up prefill, the one-off reads not counted in S (the draft catching up on steps the
+        target wrote alone, the target reading the prompt) and how many tokens of the answer the target has not read
+        yet (`unread`)."""
         was_probe, self.probing = self.probing, False
-        self.spec_s += seconds - draft_sync_s
+        self.spec_s += seconds - one_off_s
         self.spec_tokens += tokens
         self.spec_steps += 1
         self.target_s, self.target_tokens = self.target_s + target_s, self.target_tokens + target_tokens

@@ -175,7 +175,11 @@ class SpecGuard:
         """Draft → verify → keep, or salvage the agreed prefix and draft on, until the step ends. Only a stretch that
         ends its step may be kept without the target's pass (the draft-only verifiers judge whole steps)."""
         draft, target, timings, start = self.draft, self.target, {}, time.perf_counter()
-        draft_sync_s = self.draft_catch_up(tokens, timings)
+        one_off_s = self.draft_catch_up(tokens, timings)
+        if not target.tokens:  # the target reads the prompt once, as target-only decoding does (not counted in S)
+            with clock(timings, "target_prefill"):
+                target.sync(tokens)
+            one_off_s += timings["target_prefill"]
         log_p_min = math.log(self.draft_p_min) if self.draft_p_min > 0 else -math.inf
         unsure = lambda c: sum(c.logprobs) < log_p_min  # noqa: E731 — the draft's own odds of the whole stretch
         sampled = self.sampling.temperature > 0
@@ -224,8 +228,7 @@ class SpecGuard:
             if stop:
                 break
         unread = max(len(tokens) + len(written) - len(target.tokens), 0)
-        self.control.record_speculative(time.perf_counter() - start, len(written), 0.0, 0, 0.0, 0, draft_sync_s,
-                                        unread)
+        self.control.record_speculative(time.perf_counter() - start, len(written), 0.0, 0, 0.0, 0, one_off_s, unread)
         all_kept = counts["kept_whole"] + counts["salvaged"]
         verdict = "accepted" if all_kept == drafted else "salvaged"  # salvaged: the target refused a drafted token
         return self.event(written, stop, "draft" if verdict == "accepted" else "target", verdict,
