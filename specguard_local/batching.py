@@ -19,6 +19,11 @@ last, up to one spinning team per request competed with the next round's decode.
 (1.31x); the same with OMP_WAIT_POLICY=PASSIVE, where idle teams sleep, 12.1 (1.60x, but one request alone then
 decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to one.
 
+A request's own clock (`RequestClock`) is wall time less what it spent waiting for other requests: the time
+between handing a decode to the batcher and getting it back, less its share (by tokens) of the decode it took part
+in. SpecGuard's cost-aware controller reads it, so inside the server it compares its own decoding costs, not the
+rounds it shared.
+
 Cancellation: each request has a `stop` event (client gone, stop string seen, server shutting down); its next decode
 raises `Cancelled` instead of running, and the slot's sequences are then free for the next request.
 """
@@ -26,6 +31,7 @@ raises `Cancelled` instead of running, and the slot's sequences are then free fo
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -46,6 +52,7 @@ class _Call:
     rows: dict = field(default_factory=dict)   # capture key -> this call's rows of the last decode
     error: BaseException | None = None
     done: bool = False
+    own_s: float = 0.0                         # this call's share (by tokens) of the decode it took part in
 
     @property
     def mergeable(self) -> bool:
@@ -135,6 +142,7 @@ def _decode_together(ctx: Context, calls: list[_Call]) -> None:
     owner = [(i, j) for i, call in enumerate(calls) for j in range(len(call.tokens))]
     if len(calls) > 1:
         owner.sort(key=lambda ij: calls[ij[0]].seqs[ij[1]])
+    start = time.perf_counter()
     try:
         logits = ctx.decode(*([getattr(calls[i], name)[j] for i, j in owner]
                               for name in ("tokens", "positions", "seqs", "outputs")))
@@ -143,6 +151,9 @@ def _decode_together(ctx: Context, calls: list[_Call]) -> None:
         for call in calls:
             call.error = exc
         return
+    seconds = time.perf_counter() - start
+    for call in calls:
+        call.own_s = seconds * len(call.tokens) / len(owner)
     if len(calls) == 1:
         calls[0].logits, calls[0].rows = logits, rows
         return
@@ -150,6 +161,16 @@ def _decode_together(ctx: Context, calls: list[_Call]) -> None:
         mine = [k for k, (i, _) in enumerate(owner) if i == n]
         call.logits = logits[mine]
         call.rows = {key: value[mine] for key, value in rows.items()}
+
+
+class RequestClock:
+    """Wall time less the time this request waited on other requests' decodes (see the module docstring)."""
+
+    def __init__(self):
+        self.waited = 0.0
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.waited
 
 
 class SlotCapture:
@@ -168,16 +189,19 @@ class SlotContext(Context):
     """Sequences [base, base + n_seq) of a shared context, seen as a context of n_seq sequences whose decodes go
     through the batcher. Everything else (prefill, check_room) is `Context`'s own code."""
 
-    def __init__(self, shared: Context, batcher: Batcher, base: int, n_seq: int, stop: threading.Event):
-        self.shared, self.batcher, self.base, self.stop = shared, batcher, base, stop
+    def __init__(self, shared: Context, batcher: Batcher, base: int, n_seq: int, stop: threading.Event,
+                 clock: RequestClock):
+        self.shared, self.batcher, self.base, self.stop, self.clock = shared, batcher, base, stop, clock
         self.model, self.n_seq, self.n_ctx_seq, self.n_batch = shared.model, n_seq, shared.n_ctx_seq, shared.n_batch
         self.hook = SlotCapture(shared.hook) if shared.hook is not None else None
 
     def decode(self, tokens: list[int], positions: list[int], seqs: list[int], outputs: list[bool]) -> np.ndarray:
         if self.stop.is_set():
             raise Cancelled
+        start = time.perf_counter()
         call = self.batcher.decode(_Call(self.shared, list(tokens), list(positions), [self.base + s for s in seqs],
                                          list(outputs)))
+        self.clock.waited += max(time.perf_counter() - start - call.own_s, 0.0)
         if self.hook is not None:
             self.hook._rows = call.rows
         return call.logits

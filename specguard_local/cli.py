@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import socket
 import sys
 import time
@@ -206,7 +207,13 @@ def stats_line(stats: dict) -> str:
     elif stats["acceptance_rate"] is not None:
         parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
                   f"target wrote {stats['target_call_fraction']:.0%} of the tokens"]
+    kept = stats.get("kept")
+    if kept:
+        parts.append(f"kept by the verifier {kept['kept_whole']} tokens, salvaged {kept['salvaged']}, target's own "
+                     f"{kept['corrections'] + kept['bonus']} in {kept['passes']} target passes")
     control = stats.get("control")
+    if control and control.get("verifier"):
+        parts.append(f"verifier {control['verifier']}" + ("" if control.get("salvage", True) else " (paper's loop)"))
     if control and control["adapt"] and control["reason"]:
         parts.append(("kept drafting: " if control["speculating"] else "stopped drafting: ") + control["reason"])
     split = ", ".join(f"{name.replace('_', ' ')} {seconds:.2f}s" for name, seconds in stats["timings"].items())
@@ -250,6 +257,56 @@ def models_pull(spec, models_dir):
 def models_path(spec, models_dir):
     """Print the local file SPEC resolves to (never downloads)."""
     click.echo(models.resolve(spec, models.models_dir(models_dir)))
+
+
+@main.command()
+@click.argument("question")
+@click.option("--solution", "solution_path", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+              required=True,
+              help="The student's solution, one step per paragraph (blank lines between steps); - reads stdin.")
+@click.option("--threshold", type=float, default=None,
+              help="A step is doubtful when the target's least likely token in it has a log-probability below this "
+                   "[default: the profile's check_logprob_min].")
+@click.option("--profile", type=click.Path(dir_okay=False, exists=True),
+              help="Calibration profile [default: the shipped one for the default pair].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: per-step scores and verdicts, "
+                                                      "first_doubtful, hint.")
+@model_options
+@friendly_errors
+def check(question, solution_path, threshold, profile, as_json, draft, target, models_dir, n_ctx, threads,
+          n_gpu_layers):
+    """Check a student's own solution to QUESTION step by step: which steps look right, the first doubtful one, and
+    a hint (the target's own next step from the last trusted one).
+
+    Every step is read by the target in one batched pass (its token log-probabilities, as the judge reads a draft
+    step) and by the draft (the paper's log-prob and attention signals).
+
+    \b
+    Example:
+      specguard-local check "What is 48 + 48 / 2?" --solution my_steps.txt
+    """
+    from .verify.signals import pair_profile
+    from .verify.solution import check_solution, split_steps
+
+    text = click.get_text_stream("stdin").read() if solution_path == "-" else Path(solution_path).read_text()
+    steps = split_steps(text)
+    if not question.strip():
+        raise SpecGuardError("the question is empty")
+    with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
+        result = check_solution(rt, rt.prompt_tokens(question), steps,
+                                pair_profile(profile, rt.ids["draft"], rt.ids["target"]), threshold)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    for step in result.steps:
+        mark = "?" if step.doubtful else "✓"
+        label = click.style(f"[{step.index + 1} {mark} p_min={math.exp(step.scores['target_logprob_min']):.2f} "
+                            f"r={step.scores['r']:.2f}]", fg="yellow" if step.doubtful else "green")
+        click.echo(f"{label} {step.text}")
+    if result.first_doubtful is None:
+        click.echo("\nEvery step looks right.")
+    else:
+        click.echo(f"\nFirst doubtful step: {result.first_doubtful + 1}.\nHint: {result.hint}")
 
 
 @main.command()

@@ -9,14 +9,28 @@ are captured with it, and the logits after an accepted step are exactly what the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from .capture import HIDDEN, Capture
-from .engine import Context, Sampling, logprob_and_entropy, sample
+from .engine import Context, Model, Sampling, logprob_and_entropy, sample
 
 STEP_BOUNDARY = b"\n\n"
+
+
+@runtime_checkable
+class PairRuntime(Protocol):
+    """What a decoder asks of a loaded draft/target pair. `runtime.Runtime` (one process) and `runtime.SlotRuntime`
+    (one request of the server, its decodes merged with the others') both provide it."""
+
+    ids: dict[str, str]             # role -> model id (what profiles and probes are keyed by)
+    memory: dict[tuple, object]     # what decoders learn across answers on this pair (the controller)
+    clock: Callable[[], float]      # seconds on this request's own clock (less waits for other requests' decodes)
+
+    def model(self, role: str) -> Model: ...
+
+    def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> "Session": ...
 
 
 @dataclass

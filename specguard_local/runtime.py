@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from . import models
-from .batching import Batcher, SlotContext
+from .batching import Batcher, RequestClock, SlotContext
 from .capture import Capture, last_layers
 from .engine import Context, Model
 from .errors import SpecGuardError
@@ -38,6 +39,7 @@ class Runtime:
         self._models: dict[str, Model] = {}
         self._contexts: dict[tuple, Context] = {}
         # what decoders learn about this machine and pair across questions (SpecGuard's cost-aware controller)
+        self.clock = time.perf_counter  # one process, one request at a time: the wall clock
         self.memory: dict[tuple, object] = {}
 
     def model(self, role: str) -> Model:
@@ -105,6 +107,7 @@ class SlotRuntime:
         self.shared, self.batcher, self.slot, self.n_slots, self.n_seq, self.stop = (
             shared, batcher, slot, n_slots, n_seq, stop)
         self.config, self.ids, self.memory = shared.config, shared.ids, shared.memory
+        self.clock = RequestClock()  # wall time less the waits for other requests' decodes
 
     def model(self, role: str) -> Model:
         return self.shared.model(role)
@@ -115,6 +118,6 @@ class SlotRuntime:
                                  f"{self.n_seq} (start it with --max-k {n_seq})")
         with self.batcher.lock:
             shared = self.shared.context(role, self.n_slots * self.n_seq, layers, hidden)
-        ctx = SlotContext(shared, self.batcher, self.slot * self.n_seq, self.n_seq, self.stop)
+        ctx = SlotContext(shared, self.batcher, self.slot * self.n_seq, self.n_seq, self.stop, self.clock)
         ctx.clear()
         return Session(ctx)

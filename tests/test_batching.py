@@ -50,13 +50,30 @@ def run_together(rt, jobs, batcher, n_slots, stops=None):
     return results
 
 
-def test_merged_requests_get_the_answers_they_get_alone(pair):
+def count_decodes(monkeypatch) -> list[int]:
+    """Every llama_decode call from now on, as the number of tokens in its batch."""
+    sizes = []
+    real_decode = engine.ll.llama_decode
+
+    def counted(ctx, batch):
+        sizes.append(batch.n_tokens)
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(engine.ll, "llama_decode", counted)
+    return sizes
+
+
+def test_merged_requests_get_the_answers_they_get_alone(pair, monkeypatch):
     rt, opts = pair
     jobs = [(method, question, opts) for method, question in
             zip(["specguard", "target", "specguard", "draft"], QUESTIONS)]
+    sizes = count_decodes(monkeypatch)
     alone = [list(api.stream(rt, question, method, opts)) for method, question, opts in jobs]
+    calls_alone, sizes[:] = len(sizes), []
     batcher = Batcher()
     together = run_together(rt, jobs, batcher, n_slots=4)
+    # the decodes really were merged: far fewer llama_decode calls, some of them holding several requests' tokens
+    assert len(sizes) < 0.6 * calls_alone and max(sizes) >= 3
     for solo, merged in zip(alone, together):
         assert [s.text for s in merged] == [s.text for s in solo]
         assert [s.verdict for s in merged] == [s.verdict for s in solo]
@@ -93,3 +110,25 @@ def test_every_decode_runs_on_the_batchers_one_thread(pair, monkeypatch):
     for worker in workers:
         worker.join(5)
     assert not any(worker.is_alive() for worker in workers)  # gone with the last request
+
+
+def test_the_controller_under_concurrent_requests_times_only_its_own_decodes(pair, monkeypatch):
+    """adapt=True in the server: answers finish, each controller reports, and a request's own clock leaves out
+    the time it waited for the other requests' decodes."""
+    rt, opts = pair
+    adaptive = Options(**{**opts.__dict__, "adapt": True})
+    clocks = []
+    real_slot_runtime = SlotRuntime.__init__
+
+    def keep_clock(self, *args, **kwargs):
+        real_slot_runtime(self, *args, **kwargs)
+        clocks.append(self.clock)
+
+    monkeypatch.setattr(SlotRuntime, "__init__", keep_clock)
+    results = run_together(rt, [("specguard", question, adaptive) for question in QUESTIONS[:3]], Batcher(),
+                           n_slots=3)
+    assert all(isinstance(steps, list) and steps for steps in results)
+    assert all(steps[-1].control["adapt"] and steps[-1].control["spec_ms_per_token"] for steps in results)
+    assert len(clocks) == 3 and all(clock.waited > 0 for clock in clocks)
+    again = list(api.stream(rt, QUESTIONS[0], "specguard", adaptive))  # the shared memory is still sound
+    assert again and again[-1].control["adapt"]

@@ -14,11 +14,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from specguard_local import api
+from specguard_local.decoders.options import SCHEMA
 from specguard_local.runtime import Runtime, RuntimeConfig
 from specguard_local.verify.signals import Profile
 from tiny_gguf import write_tiny_model
@@ -53,9 +57,9 @@ class Server:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.loads(response.read())
 
-    def post(self, body, headers: dict | None = None) -> tuple[int, dict]:
+    def post(self, body, headers: dict | None = None, path: str = "/v1/chat/completions") -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + "/v1/chat/completions", data=data, method="POST",
+        request = urllib.request.Request(self.url + path, data=data, method="POST",
                                          headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -252,3 +256,64 @@ def test_concurrent_clients_all_get_right_answers(real_runtime):
             assert str(total) in text, (question, text)
     finally:
         server.stop()
+
+
+def test_a_short_soak_loses_nothing(tiny_pair):
+    """The short version of `scripts/soak_serve.py`: 8 clients, mixed methods, streamed and whole answers, dropped
+    streams and bad bodies — no 5xx, nothing lost, every finished answer equal to the same request alone, every
+    slot free at the end."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from soak_serve import soak
+
+    server = Server(*tiny_pair[1], "--parallel", "4", "--queue", "8", "--max-tokens", "24")
+    try:
+        report = soak(server.port, server.process.pid, clients=8, requests=48, max_tokens=12, seed=1,
+                      time_limit=300)
+    finally:
+        server.stop()
+    assert not report.stopped_by_time_limit and report.sent == 48
+    assert report.counts.get("completed", 0) >= 20 and report.counts.get("rejected", 0) >= 1
+    assert report.counts.get("cancelled", 0) >= 1
+    assert "server_error" not in report.counts and "failed" not in report.counts, report.failures
+    assert report.differ_from_solo == 0 and report.solo_checked == report.counts["completed"]
+    assert report.free_slots_at_end == report.slots == 4
+
+
+ODD_VALUES = st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=6) | \
+    st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["target", "specguard", "sd", "draft", "trispec", "rsd", "nope"]),
+       options=st.dictionaries(st.sampled_from(sorted(name for name in SCHEMA if name != "max_tokens")
+                                               + ["stream", "stop", "n", "seed", "stream_options"]),
+                               ODD_VALUES, max_size=3))
+def test_any_option_values_over_http_give_200_or_a_4xx(tiny_server, method, options):
+    if options.get("stream") is True:  # a valid stream answers in events; streams have their own tests
+        options["stream"] = False
+    status, answer = tiny_server.post({**ask(method, max_tokens=2), **options})
+    assert status == 200 or (400 <= status < 500 and answer["error"]["message"] and answer["error"]["type"]), answer
+
+
+def test_check_scores_a_students_steps_over_http(tiny_server):
+    steps = ["one two three", "four five", "six"]
+    status, answer = tiny_server.post({"question": "Count on.", "steps": steps, "threshold": 0.5}, path="/v1/check")
+    assert status == 200, answer
+    assert answer["object"] == "check" and [s["text"] for s in answer["steps"]] == steps
+    assert answer["first_doubtful"] == 0 and answer["hint"]  # every log-prob is below 0.5: all doubtful
+    status, trusting = tiny_server.post({"question": "Count on.", "solution": "\n\n".join(steps),
+                                         "threshold": -1e9}, path="/v1/check")
+    assert status == 200 and trusting["first_doubtful"] is None and trusting["hint"] is None
+    assert [s["scores"] for s in trusting["steps"]] == [s["scores"] for s in answer["steps"]]
+
+
+@pytest.mark.parametrize("body, param", [
+    (b"{not json", None), ([], None), ({"steps": ["a"]}, "question"), ({"question": "q"}, "steps"),
+    ({"question": "q", "steps": []}, "steps"), ({"question": "q", "steps": ["a", " "]}, "steps"),
+    ({"question": "q", "steps": [1]}, "steps"), ({"question": "q", "steps": ["a"], "threshold": "low"}, "threshold"),
+    ({"question": "q", "steps": ["a"] * 65}, "steps"),
+])
+def test_a_bad_check_is_a_400(tiny_server, body, param):
+    status, answer = tiny_server.post(body, path="/v1/check")
+    assert status == 400 and answer["error"]["message"] and answer["error"]["param"] == param
+

@@ -12,7 +12,9 @@ After `PROBE_EVERY` target-only steps one speculative step is tried again (a pro
 the target wrote meanwhile; that one-off catch-up is not counted in S); each probe that leaves S > T doubles the
 wait before the next one, as `sd` backs off its token-level probes.
 
-What is measured carries over to the next answer on the same loaded pair (`next_answer`, kept in the runtime's
+Times come from the request's own clock (`PairRuntime.clock`): in one process the wall clock; inside the server,
+wall time less the waits for other requests' decodes (`batching.RequestClock`), so a request compares its own costs,
+not the rounds it shared. What is measured carries over to the next answer on the same loaded pair (`next_answer`, kept in the runtime's
 memory by verifier settings): once drafting is known not to pay, a new answer starts with the target alone and
 the draft does not even prefill its prompt until a probe is due.
 
@@ -23,10 +25,23 @@ with a target several times the draft's cost S < T at far lower acceptance.
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
 MIN_STEPS = 2
 PROBE_EVERY = 8
+# answers running at once in the server share what they learn (`next_answer` reads another answer's controller
+# while that one may still be recording): one lock for every controller's totals
+_TOTALS = threading.RLock()
+
+
+def _locked(method):
+    @functools.wraps(method)
+    def under_lock(self, *args, **kwargs):
+        with _TOTALS:
+            return method(self, *args, **kwargs)
+    return under_lock
 
 
 @dataclass
@@ -70,6 +85,7 @@ class Controller:
         self.since_probe, self.speculating, self.probing = 0, True, True  # decided again right after the probe
         return True
 
+    @_locked
     def record_speculative(self, seconds: float, tokens: int, target_s: float, target_tokens: int,
                            catch_up_s: float, caught_up: int, one_off_s: float, unread: int) -> None:
         """Fold in one drafted step: its wall time, tokens emitted, the target's rewrite (if the paper's loop rejected
@@ -86,6 +102,7 @@ class Controller:
         self.pending = unread
         self._decide(was_probe)
 
+    @_locked
     def record_target(self, target_s: float, tokens: int, catch_up_s: float, caught_up: int) -> None:
         """Fold in one step the target wrote alone (after catching up on `caught_up` pending tokens)."""
         self.target_s, self.target_tokens = self.target_s + target_s, self.target_tokens + tokens
@@ -108,6 +125,7 @@ class Controller:
         else:
             self.reason = f"speculation {s * 1000:.1f} ms/token <= target alone {t * 1000:.1f} ms/token"
 
+    @_locked
     def next_answer(self) -> "Controller":
         """A controller for the next answer on the same pair and settings: the measured totals and the probe
         schedule carry over; it starts target-only when they already say that drafting loses."""

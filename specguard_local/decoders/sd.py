@@ -33,8 +33,8 @@ import numpy as np
 
 from ..engine import Sampling, sample, softmax
 from ..events import Step
+from ..generation import PairRuntime
 from ..verify.stage import accept_or_resample
-from .base import PairRuntime
 from .drivers import token_loop
 from .options import Options
 

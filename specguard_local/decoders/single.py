@@ -9,7 +9,8 @@ from typing import Iterator
 import numpy as np
 
 from ..events import Step
-from .base import PairRuntime, write_step
+from ..generation import PairRuntime
+from .base import write_step
 from .drivers import step_loop
 from .options import Options
 

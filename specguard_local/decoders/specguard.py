@@ -40,21 +40,20 @@ the target will rewrite. It applies to any verifier that includes `signals` (an 
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..engine import Sampling, sample
 from ..errors import SpecGuardError
 from ..events import Step
-from ..generation import STEP_BOUNDARY, Candidate, Session, sample_steps
+from ..generation import STEP_BOUNDARY, Candidate, PairRuntime, Session, sample_steps
 from ..verify.probe import Probe, default_probe_path
 from ..verify.signals import Grounding, Profile, pair_profile, select
 from ..verify.stage import TargetRead, Verifier, agreement, check, parse_verifier, read_step
-from .base import PairRuntime, write_step
+from .base import write_step
 from .controller import Controller
 from .drivers import step_loop
 from .options import Options
@@ -82,6 +81,7 @@ class SpecGuard:
     grounding: Grounding
     control: Controller
     rng: np.random.Generator
+    clock: Callable[[], float]    # the request's own clock (`PairRuntime.clock`): what the controller times with
     chunk_cap: int                # salvage: the longest stretch drafted before the target's next pass
 
     @staticmethod
@@ -101,7 +101,7 @@ class SpecGuard:
             rt.memory[memory_key] = control
         # the draft reads the prompt just before its first drafted step
         return SpecGuard(opts, profile, verifier, probe, draft, target, Grounding.start(draft.ctx.hook), control,
-                         np.random.default_rng(opts.seed), CHUNK_START)
+                         np.random.default_rng(opts.seed), rt.clock, CHUNK_START)
 
     @property
     def tau_signals(self) -> float | None:
@@ -123,9 +123,9 @@ class SpecGuard:
 
     def target_alone(self, tokens: list[int], budget: int) -> Step:
         timings: dict[str, float] = {}
-        with clock(timings, "target_prefill"):
+        with self.timed(timings, "target_prefill"):
             caught_up = self.target.sync(tokens)
-        with clock(timings, "target"):
+        with self.timed(timings, "target"):
             step, _ = write_step(self.target, self.opts, self.rng, budget)
         self.control.record_target(timings["target"], len(step.tokens), timings["target_prefill"], caught_up)
         return self.event(step.tokens, step.stop, "target", "generated", {}, [], [], 0, timings,
@@ -136,7 +136,7 @@ class SpecGuard:
         if len(self.draft.tokens) == len(tokens):
             return 0.0
         name = "draft_prefill" if not self.draft.tokens else "draft_sync"
-        with clock(timings, name):
+        with self.timed(timings, name):
             self.draft.sync(tokens)
             self.grounding.absorb_prefill()
         return timings[name]
@@ -145,10 +145,10 @@ class SpecGuard:
                    keep_logits: bool = False) -> tuple[list[Candidate], list[dict], int]:
         """k candidates after the draft's tokens, their signals and the selector's choice."""
         opts = self.opts
-        with clock(timings, "draft"):
+        with self.timed(timings, "draft"):
             cands = sample_steps(self.draft, opts.k, self.sampling, self.rng, budget, self.grounding.capture,
                                  hopeless, keep_logits)
-        with clock(timings, "score"):
+        with self.timed(timings, "score"):
             chosen = select(np.stack([c.embedding for c in cands])) if opts.k > 1 else 0
             scores = [self.signals(c) for c in cands]
         return cands, scores, chosen
@@ -162,7 +162,7 @@ class SpecGuard:
 
     def read(self, tokens: list[int], proposal: Candidate, timings: dict[str, float]) -> TargetRead:
         """The target's one pass over `proposal` after `tokens` (what it has not read yet rides in the same batch)."""
-        with clock(timings, "verify"):
+        with self.timed(timings, "verify"):
             return read_step(self.target, tokens, proposal.tokens)[0]
 
     def verify(self, tokens: list[int], proposal: Candidate, scores: dict[str, float],
@@ -174,10 +174,10 @@ class SpecGuard:
     def salvage(self, tokens: list[int], budget: int) -> Step:
         """Draft → verify → keep, or salvage the agreed prefix and draft on, until the step ends. Only a stretch that
         ends its step may be kept without the target's pass (the draft-only verifiers judge whole steps)."""
-        draft, target, timings, start = self.draft, self.target, {}, time.perf_counter()
+        draft, target, timings, start = self.draft, self.target, {}, self.clock()
         one_off_s = self.draft_catch_up(tokens, timings)
         if not target.tokens:  # the target reads the prompt once, as target-only decoding does (not counted in S)
-            with clock(timings, "target_prefill"):
+            with self.timed(timings, "target_prefill"):
                 target.sync(tokens)
             one_off_s += timings["target_prefill"]
         log_p_min = math.log(self.draft_p_min) if self.draft_p_min > 0 else -math.inf
@@ -218,7 +218,7 @@ class SpecGuard:
                 target.rewind(len(context) + n_kept, read.logits_at(n_kept))
             written += proposal.tokens[:n_kept] + extra
             if n_kept < len(proposal.tokens) or extra:
-                with clock(timings, "draft_sync"):  # drop what the target refused, decode its own token
+                with self.timed(timings, "draft_sync"):  # drop what the target refused, decode its own token
                     draft.sync(tokens + written)
                     self.grounding.absorb_prefill()
             chunks.append(dict(text=draft.ctx.model.detokenize(proposal.tokens), n_tokens=len(proposal.tokens),
@@ -228,7 +228,7 @@ class SpecGuard:
             if stop:
                 break
         unread = max(len(tokens) + len(written) - len(target.tokens), 0)
-        self.control.record_speculative(time.perf_counter() - start, len(written), 0.0, 0, 0.0, 0, one_off_s, unread)
+        self.control.record_speculative(self.clock() - start, len(written), 0.0, 0, 0.0, 0, one_off_s, unread)
         all_kept = counts["kept_whole"] + counts["salvaged"]
         verdict = "accepted" if all_kept == drafted else "salvaged"  # salvaged: the target refused a drafted token
         return self.event(written, stop, "draft" if verdict == "accepted" else "target", verdict,
@@ -242,7 +242,7 @@ class SpecGuard:
 
     def speculate(self, tokens: list[int], budget: int) -> Step:
         """The paper's loop: draft a step, verify it, keep it or let the target rewrite it."""
-        draft, target, opts, timings, start = self.draft, self.target, self.opts, {}, time.perf_counter()
+        draft, target, opts, timings, start = self.draft, self.target, self.opts, {}, self.clock()
         draft_sync_s = self.draft_catch_up(tokens, timings)
         tau = self.tau_signals
         hopeless = None if tau is None else (
@@ -257,21 +257,28 @@ class SpecGuard:
         else:
             if read is not None:
                 target.rewind(len(tokens), read.before)  # drop the judged draft step
-            with clock(timings, "target_prefill"):
+            with self.timed(timings, "target_prefill"):
                 caught_up += target.sync(tokens)  # catches up on the steps it has not seen
-            with clock(timings, "target"):
+            with self.timed(timings, "target"):
                 step, _ = write_step(target, opts, self.rng, budget)
-            with clock(timings, "draft_sync"):
+            with self.timed(timings, "draft_sync"):
                 draft.sync(tokens + step.tokens)
                 self.grounding.absorb_prefill()
         unread = max(len(tokens) + len(step.tokens) - len(target.tokens), 0)
-        self.control.record_speculative(time.perf_counter() - start, len(step.tokens),
+        self.control.record_speculative(self.clock() - start, len(step.tokens),
                                         0.0 if accepted else timings["target"], 0 if accepted else len(step.tokens),
                                         timings.get("target_prefill", 0.0), caught_up, draft_sync_s, unread)
         return self.event(step.tokens, step.stop, "draft" if accepted else "target",
                           "accepted" if accepted else "rejected", verdict, cands, scores, chosen, timings,
                           drafted=len(proposal.tokens), accepted=len(proposal.tokens) if accepted else 0,
                           target_tokens=0 if accepted else len(step.tokens))
+
+    @contextmanager
+    def timed(self, timings: dict[str, float], name: str):
+        """Add the seconds spent inside to `timings[name]`, on the request's own clock."""
+        start = self.clock()
+        yield
+        timings[name] = timings.get(name, 0.0) + self.clock() - start
 
     def event(self, tokens: list[int], stop: str, source: str, verdict: str, scores: dict, cands: list[Candidate],
               all_scores: list[dict], chosen: int, timings: dict, chunks: list[dict] | None = None,
@@ -316,10 +323,3 @@ def load_profile(opts: Options, draft: str, target: str) -> Profile:
     """The calibration profile for this pair (`signals.pair_profile`), with the --beta override."""
     profile = pair_profile(opts.profile, draft, target)
     return profile if opts.beta is None else replace(profile, beta=opts.beta)
-
-
-@contextmanager
-def clock(timings: dict[str, float], name: str):
-    start = time.perf_counter()
-    yield
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

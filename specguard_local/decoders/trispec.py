@@ -21,7 +21,7 @@ import numpy as np
 
 from ..engine import softmax
 from ..events import Step
-from .base import PairRuntime
+from ..generation import PairRuntime
 from .drivers import token_loop
 from .options import Options
 

@@ -1,7 +1,8 @@
 """`specguard-local serve`: the loaded pair behind an OpenAI-compatible HTTP API (Starlette on uvicorn).
 
-Routes: POST /v1/chat/completions (streamed as server-sent events, or not), GET /v1/models (one entry per method),
-GET /health. A request waits for its first step before the response starts, so every error found before decoding
+Routes: POST /v1/chat/completions (streamed as server-sent events, or not), POST /v1/check (a student's own steps
+checked one by one, `verify.solution`), GET /v1/models (one entry per method), GET /health. Both POST routes share
+the API key, the slots and the queue. A request waits for its first step before the response starts, so every error found before decoding
 (bad option values, a prompt longer than the context, …) is a 400 with an OpenAI-style error object; an error after
 that ends the stream with an error event. A client that disconnects stops its request at the next decode; SIGINT or
 SIGTERM stops admitting, ends the running requests (503 or a final error event) and exits 0.
@@ -27,6 +28,8 @@ from ..decoders import METHODS
 from ..decoders.options import Options
 from ..errors import SpecGuardError
 from ..runtime import Runtime
+from ..verify.signals import pair_profile
+from ..verify.solution import check_solution
 from . import chat
 from .chat import RequestError
 from .jobs import Job, Scheduler
@@ -59,19 +62,47 @@ def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, 
             {"id": method, "object": "model", "created": 0, "owned_by": "specguard-local",
              "specguard": {"draft": rt.ids["draft"], "target": rt.ids["target"]}} for method in METHODS]})
 
-    async def completions(request: Request):
+    async def json_body(request: Request):
         authorize(request)
         try:
-            body = await request.json()
+            return await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RequestError(400, "the body is not valid JSON")
-        req = chat.parse_request(body, max_k, defaults)
+
+    async def check(request: Request) -> JSONResponse:
+        question, steps, threshold = chat.parse_check(await json_body(request))
+        try:
+            prompt = rt.chat_tokens([("user", question)])
+            profile = pair_profile(defaults.profile, rt.ids["draft"], rt.ids["target"])
+        except SpecGuardError as exc:
+            raise RequestError(400, str(exc))
+        job = Job(lambda slot_rt: [check_solution(slot_rt, prompt, steps, profile, threshold)])
+        await scheduler.start(job)
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        raise RequestError(499, "the client closed the request")
+                    continue
+                if kind == "step":
+                    return JSONResponse({"object": "check", **value.to_dict()})
+                if kind == "error":
+                    raise value
+                raise RequestError(503, "the server is shutting down; the check was stopped", "server_error",
+                                   code="shutting_down")
+        finally:
+            job.stop.set()
+
+    async def completions(request: Request):
+        req = chat.parse_request(await json_body(request), max_k, defaults)
         try:
             prompt = rt.chat_tokens(req.messages)
             api.check(req.method, req.options)
         except SpecGuardError as exc:  # an option's OptionError names it
             raise RequestError(400, str(exc), param=getattr(exc, "param", None))
-        job = Job(req.method, prompt, req.options)
+        job = Job(lambda slot_rt: api.generate(slot_rt, prompt, req.method, req.options))
         await scheduler.start(job)
         run = Run(job, req, prompt, request, scheduler)
         try:
@@ -101,7 +132,8 @@ def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, 
             rt.close()
 
     app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
-                            Route("/v1/chat/completions", completions, methods=["POST"])],
+                            Route("/v1/chat/completions", completions, methods=["POST"]),
+                            Route("/v1/check", check, methods=["POST"])],
                     exception_handlers={RequestError: on_request_error, HTTPException: on_http_error},
                     lifespan=lifespan)
     app.state.scheduler = scheduler

@@ -17,6 +17,7 @@ from ..decoders import METHODS
 from ..decoders.options import KIND_NAMES, SCHEMA, Options, typed
 from ..errors import OptionError
 from ..events import Step
+from ..verify.solution import MAX_STEPS, split_steps
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -120,6 +121,29 @@ def parse_request(body, max_k: int, defaults: Options = Options()) -> ChatReques
                        options=replace(defaults, **{k: v for k, v in options.items() if v is not None}),
                        stream=bool(_typed(body, "stream", bool)), stop=stop,
                        include_usage=bool(_typed(stream_options, "include_usage", bool)))
+
+
+def parse_check(body) -> tuple[str, list[str], float | None]:
+    """A `/v1/check` body: the question, the student's steps (a list, or one `solution` text split at blank lines)
+    and an optional threshold."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    question = body.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise RequestError(400, "'question' must be a non-empty string", param="question")
+    steps = body.get("steps")
+    if steps is None and isinstance(body.get("solution"), str):
+        steps = split_steps(body["solution"])
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps):
+        raise RequestError(400, "'steps' must be a non-empty list of non-empty strings (or give 'solution' as one "
+                                "text, a step per paragraph)", param="steps")
+    if len(steps) > MAX_STEPS:
+        raise RequestError(400, f"at most {MAX_STEPS} steps are checked at once", param="steps")
+    threshold = body.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or threshold != threshold):
+        raise RequestError(400, "'threshold' must be a number (a log-probability, e.g. -3)", param="threshold")
+    return question.strip(), [s.strip() for s in steps], None if threshold is None else float(threshold)
 
 
 class StopText:

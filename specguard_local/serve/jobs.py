@@ -12,11 +12,10 @@ import asyncio
 import threading
 import traceback
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
-from .. import api
 from ..batching import Batcher
 from ..cancel import Cancelled
-from ..decoders.options import Options
 from ..errors import SpecGuardError
 from ..runtime import Runtime, SlotRuntime
 from .chat import RequestError
@@ -24,11 +23,12 @@ from .chat import RequestError
 
 @dataclass(eq=False)
 class Job:
-    method: str
-    prompt: list[int]
-    options: Options
+    """One admitted request: `work(rt)` yields what it produces (a chat answer's steps; a check's one result) on the
+    request's slot of the shared runtime."""
+
+    work: Callable[[SlotRuntime], Iterable]
     stop: threading.Event = field(default_factory=threading.Event)
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # ("step", Step) … then ("end" | "cancelled" | "error", …)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # ("step", item) … then ("end" | "cancelled" | "error", …)
 
 
 class Scheduler:
@@ -73,8 +73,8 @@ class Scheduler:
         rt = SlotRuntime(self.rt, self.batcher, slot, self.parallel, self.max_k, job.stop)
         try:
             with self.batcher.request():
-                for step in api.generate(rt, job.prompt, job.method, job.options):
-                    put("step", step)
+                for item in job.work(rt):
+                    put("step", item)
             put("end")
         except Cancelled:
             put("cancelled")

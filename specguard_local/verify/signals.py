@@ -42,6 +42,7 @@ class Profile:
     taus: dict = field(default_factory=lambda: {"signals": 0.7})
     verifier: str = "signals"
     draft_p_min: float = 0.7        # salvage: the draft stops once its own odds of the whole stretch fall below this
+    check_logprob_min: float = -3.0  # checking a student's step: doubtful below this target min token log-prob
     draft: str = ""
     target: str = ""
     notes: dict = field(default_factory=dict)

@@ -1,0 +1,80 @@
+"""Checking a student's own steps (`verify.solution`, `specguard-local check`): tiny models for the mechanics, the
+embedded pair for a real corrupted solution."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import NATALIA
+from specguard_local.errors import SpecGuardError
+from specguard_local.runtime import Runtime, RuntimeConfig
+from specguard_local.verify.signals import Profile, default_profile
+from specguard_local.verify.solution import check_solution, split_steps
+from tiny_gguf import write_tiny_model
+
+RIGHT = ["In April, Natalia sold 48 clips.",
+         "In May, she sold half as many: 48 / 2 = 24 clips.",
+         "Altogether she sold 48 + 24 = 72 clips. The answer is \\boxed{72}."]
+WRONG = [RIGHT[0], "In May, she sold half as many: 48 / 2 = 26 clips.",
+         "Altogether she sold 48 + 26 = 74 clips. The answer is \\boxed{74}."]
+
+
+def test_steps_are_paragraphs():
+    assert split_steps("a\n\n\nb\r\n\r\nc  \n\n  ") == ["a", "b", "c"]
+    assert split_steps("one line\nsame step") == ["one line\nsame step"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("check")
+    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4)
+    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=6)
+    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
+        yield rt, Profile(-12.0, 0.0, 0.0, 1.0, draft=rt.ids["draft"], target=rt.ids["target"])
+
+
+def test_every_step_is_scored_and_the_threshold_decides(tiny):
+    rt, profile = tiny
+    prompt = rt.prompt_tokens("count")
+    steps = ["one two", "three four", "five"]
+    trusting = check_solution(rt, prompt, steps, profile, threshold=-math.inf)
+    assert [s.index for s in trusting.steps] == [0, 1, 2] and trusting.first_doubtful is None and trusting.hint is None
+    for step in trusting.steps:
+        assert step.scores["target_logprob_min"] <= step.scores["target_logprob_mean"] <= 0
+        assert 0 <= step.scores["judge"] <= 1 and 0 <= step.scores["r"] <= 1 and "grounding_min" in step.scores
+    doubting = check_solution(rt, prompt, steps, profile, threshold=math.inf)
+    assert all(s.doubtful for s in doubting.steps) and doubting.first_doubtful == 0 and doubting.hint is not None
+    lowest = min(s.scores["target_logprob_min"] for s in trusting.steps)
+    middle = check_solution(rt, prompt, steps, profile, threshold=lowest + 1e-9)
+    assert middle.first_doubtful == next(s.index for s in trusting.steps if s.scores["target_logprob_min"] == lowest)
+    assert json.dumps(doubting.to_dict())
+    with pytest.raises(SpecGuardError, match="at least one step"):
+        check_solution(rt, prompt, ["ok", "  "], profile)
+
+
+@pytest.mark.real
+def test_a_changed_number_is_the_first_doubtful_step(real_runtime):
+    rt = real_runtime
+    prompt, profile = rt.prompt_tokens(NATALIA), default_profile()
+    right = check_solution(rt, prompt, RIGHT, profile)
+    wrong = check_solution(rt, prompt, WRONG, profile)
+    assert right.first_doubtful is None
+    assert wrong.first_doubtful == 1 and "24" in wrong.hint
+    assert wrong.steps[1].scores["target_logprob_min"] < right.steps[1].scores["target_logprob_min"]
+
+
+@pytest.mark.real
+def test_check_cli_prints_json(tmp_path):
+    solution = tmp_path / "steps.txt"
+    solution.write_text("\n\n".join(WRONG))
+    done = subprocess.run([sys.executable, "-m", "specguard_local.cli", "check", NATALIA, "--solution", str(solution),
+                           "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["first_doubtful"] == 1 and len(result["steps"]) == 3 and result["hint"]
+    missing = subprocess.run([sys.executable, "-m", "specguard_local.cli", "check", NATALIA, "--solution",
+                              str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "error" in missing.stderr.lower()
