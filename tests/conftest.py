@@ -1,7 +1,19 @@
-"""Shared fixtures: a tiny random GGUF loaded by real llama.cpp, and the embedded real draft/target pair."""
+"""Shared fixtures: a tiny random GGUF loaded by real llama.cpp, the embedded real draft/target pair, and
+`specguard-local serve` in a child process."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openai
 import pytest
 
 from tiny_gguf import write_tiny_model
@@ -31,3 +43,60 @@ def real_runtime():
 
     with Runtime(RuntimeConfig(n_ctx=2048)) as rt:
         yield rt
+
+
+class Server:
+    """`specguard-local serve` in a child process, on a free port of 127.0.0.1."""
+
+    def __init__(self, *args: str):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "specguard_local.cli", "serve", "--port",
+                                         str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.process.communicate()[1]
+            try:
+                if self.get("/health")["status"] == "ok":
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise AssertionError("the server did not come up")
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, body, headers: dict | None = None, path: str = "/v1/chat/completions") -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="POST",
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def client(self, api_key: str = "none") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0)
+
+    def idle(self, timeout: float = 10.0) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.get("/health")["running"] == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, signalled: bool = False) -> tuple[int, str]:
+        """Ctrl-C (unless already `signalled`) and wait for the process to end."""
+        if not signalled:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            _, stderr = self.process.communicate(timeout=20)
+        finally:
+            self.process.kill()
+        return self.process.returncode, stderr

@@ -1,8 +1,9 @@
 """`specguard-local serve`: the loaded pair behind an OpenAI-compatible HTTP API (Starlette on uvicorn).
 
 Routes: POST /v1/chat/completions (streamed as server-sent events, or not), POST /v1/check (a student's own steps
-checked one by one, `verify.solution`), GET /v1/models (one entry per method), GET /health. Both POST routes share
-the API key, the slots and the queue. A request waits for its first step before the response starts, so every error found before decoding
+checked one by one, `verify.solution`), GET /v1/models (one entry per method), GET /health, and the tutor page at
+GET / (`static/`: one page, its script and style, and a vendored, pinned KaTeX; it asks this server only). Both POST
+routes share the API key, the slots and the queue. A request waits for its first step before the response starts, so every error found before decoding
 (bad option values, a prompt longer than the context, …) is a 400 with an OpenAI-style error object; an error after
 that ends the stream with an error event. A client that disconnects stops its request at the next decode; SIGINT or
 SIGTERM stops admitting, ends the running requests (503 or a final error event) and exits 0.
@@ -14,14 +15,16 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import api
 from ..decoders import METHODS
@@ -35,6 +38,7 @@ from .chat import RequestError
 from .jobs import Job, Scheduler
 
 DISCONNECT_POLL_S = 0.25
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, api_key: str | None = None,
@@ -131,7 +135,11 @@ def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, 
         if await asyncio.to_thread(scheduler.join, 30.0):
             rt.close()
 
-    app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+    async def page(request: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app = Starlette(routes=[Route("/", page), Mount("/static", StaticFiles(directory=STATIC), name="static"),
+                            Route("/health", health), Route("/v1/models", models),
                             Route("/v1/chat/completions", completions, methods=["POST"]),
                             Route("/v1/check", check, methods=["POST"])],
                     exception_handlers={RequestError: on_request_error, HTTPException: on_http_error},

@@ -174,7 +174,8 @@ class StopText:
 def step_view(step: Step) -> dict:
     """What a client learns of one step: who wrote it and why."""
     view = {"index": step.index, "text": step.text, "tokens": len(step.tokens), "source": step.source,
-            "verdict": step.verdict, "stop": step.stop, "scores": step.scores, "timings": step.timings}
+            "verdict": step.verdict, "stop": step.stop, "drafted": step.drafted, "accepted": step.accepted,
+            "target_tokens": step.target_tokens, "scores": step.scores, "timings": step.timings}
     if step.control:
         view["control"] = step.control
     return view
