@@ -22,6 +22,26 @@ WRONG = [RIGHT[0], "In May, she sold half as many: 48 / 2 = 26 clips.",
          "Altogether she sold 48 + 26 = 74 clips. The answer is \\boxed{74}."]
 
 
+def test_corruptions_change_one_thing():
+    import random
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from check_study import auroc, corrupt
+
+    step = "She sold 48 / 2 = 24 clips, so 48 + 24 + 10 = 82 in all."
+    kinds = {}
+    for seed in range(40):
+        changed, kind = corrupt(step, random.Random(seed))
+        assert changed != step
+        kinds[kind] = changed
+    assert set(kinds) == {"number", "operation", "dropped"}
+    assert kinds["number"].startswith("She sold 48 / 2 = 24 clips, so 48 + 24 + 10 = ") and "82" not in kinds["number"]
+    assert len(kinds["dropped"]) < len(step)
+    assert corrupt("No numbers here.", random.Random(0)) is None
+    assert auroc([3.0, 2.0], [1.0, 2.0]) == 0.875
+
+
 def test_steps_are_paragraphs():
     assert split_steps("a\n\n\nb\r\n\r\nc  \n\n  ") == ["a", "b", "c"]
     assert split_steps("one line\nsame step") == ["one line\nsame step"]
