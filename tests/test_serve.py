@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -153,6 +154,11 @@ def test_api_key_is_enforced(tiny_pair):
         answer = server.client("sesame").chat.completions.create(**ask(max_tokens=4))
         assert answer.choices[0].message.content
         assert server.get("/health")["status"] == "ok"  # health needs no key
+        check = {"question": "Count.", "steps": ["one"]}
+        assert server.post(check, path="/v1/check")[0] == 401
+        assert server.post(check, {"Authorization": "Bearer sesame"}, path="/v1/check")[0] == 200
+        with urllib.request.urlopen(server.url + "/") as page:  # the page itself is public; its calls carry the key
+            assert page.status == 200 and b"specguard-local" in page.read()
     finally:
         server.stop()
 

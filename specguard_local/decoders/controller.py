@@ -5,18 +5,22 @@ Measured per answer, online:
         rejected steps, the draft's re-prefills), plus the catch-up the target still owes for accepted steps
         (pending tokens × its measured prefill seconds per token);
     T = seconds per token of the target writing a step itself (measured on every step the target writes).
-Speculation is predicted to lose when S > T, once at least `MIN_STEPS` speculative steps and one target-written step
-are measured; when every drafted step so far was kept, the target writes the next step alone to measure T (what the
-baseline would have done anyway). Once S > T the answer continues with target-only steps.
+Speculation is predicted to lose when S > (1 + `MARGIN`)·T, once at least `MIN_STEPS` speculative steps and one
+target-written step are measured (the margin: T is often measured on one early step, cheaper than the target's
+later ones in a longer context, and S over a few steps is noisy; on the F16 target one answer in three stopped
+drafting at S/T ≈ 1.04 while drafting ran at ≈ 0.75 of the target's time per token); when every drafted step so
+far was kept, the target writes the next step alone to measure T (what the baseline would have done anyway). Once
+speculation loses, the answer continues with target-only steps.
 After `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first prefills what
 the target wrote meanwhile; that one-off catch-up is not counted in S); each probe that leaves S > T doubles the
 wait before the next one, as `sd` backs off its token-level probes.
 
 Times come from the request's own clock (`PairRuntime.clock`): in one process the wall clock; inside the server,
 wall time less the waits for other requests' decodes (`batching.RequestClock`), so a request compares its own costs,
-not the rounds it shared. What is measured carries over to the next answer on the same loaded pair (`next_answer`, kept in the runtime's
-memory by verifier settings): once drafting is known not to pay, a new answer starts with the target alone and
-the draft does not even prefill its prompt until a probe is due.
+not the rounds it shared. What is measured carries over to the next answer on the same loaded pair (`next_answer`,
+kept in the runtime's memory by verifier settings): once drafting is known not to pay, a new answer starts with the
+target alone and the draft does not even prefill its prompt until a probe is due.
+
 
 On a 2-core CPU with the default pair a draft token costs about half a target token and the target's catch-up
 prefill about a third, so at the acceptance rates measured there S > T and the controller settles on the target;
@@ -30,6 +34,7 @@ import threading
 from dataclasses import dataclass
 
 MIN_STEPS = 2
+MARGIN = 0.1
 PROBE_EVERY = 8
 # answers running at once in the server share what they learn (`next_answer` reads another answer's controller
 # while that one may still be recording): one lock for every controller's totals
@@ -116,14 +121,16 @@ class Controller:
         s, t = self.per_token
         if not self.enabled or t is None or self.spec_steps < MIN_STEPS:
             return
-        loses = s > t
+        loses = s > (1 + MARGIN) * t
         if was_probe:
             self.probes_lost = self.probes_lost + 1 if loses else 0
         if loses:
             self.speculating = False
-            self.reason = f"speculation {s * 1000:.1f} ms/token > target alone {t * 1000:.1f} ms/token"
+            self.reason = (f"speculation {s * 1000:.1f} ms/token > {1 + MARGIN:g} × target alone {t * 1000:.1f} "
+                           f"ms/token")
         else:
-            self.reason = f"speculation {s * 1000:.1f} ms/token <= target alone {t * 1000:.1f} ms/token"
+            self.reason = (f"speculation {s * 1000:.1f} ms/token <= {1 + MARGIN:g} × target alone {t * 1000:.1f} "
+                           f"ms/token")
 
     @_locked
     def next_answer(self) -> "Controller":
@@ -133,7 +140,7 @@ class Controller:
                              self.target_tokens, self.prefill_s, self.prefill_tokens, referenced=self.referenced,
                              since_probe=self.since_probe, probes_lost=self.probes_lost)
         s, t = carried.per_token
-        carried.speculating = not (self.enabled and s is not None and t is not None and s > t)
+        carried.speculating = not (self.enabled and s is not None and t is not None and s > (1 + MARGIN) * t)
         carried.reason = self.reason if not carried.speculating else ""
         return carried
 

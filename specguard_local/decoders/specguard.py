@@ -17,14 +17,15 @@ Per step, with I = prompt + accepted steps:
        greedy when k = 1), after a lazy catch-up prefill of every step it has not seen yet; the draft then prefills
        the target's step.
 
-The draft's own signals also steer how much is drafted before the target looks (salvage only): drafting stops
-once the draft's own probability of the whole stretch, Π p(token), falls below `draft_p_min` (a cumulative form of
+The draft's own signals also steer how much is drafted before the target looks (salvage only): drafting stops once
+the draft's own probability of the whole stretch, Π p(token), falls below `draft_p_min` (a cumulative form of
 llama.cpp's per-token `--draft-p-min`: one more token pays while the odds that everything before it is kept exceed
 its cost, its draft decode plus its share of the pass, over what a kept token saves), so the target verifies short
 drafts where the draft is unsure and whole steps where it is sure. A stretch is also capped at `chunk_cap` tokens,
 doubled after a stretch kept whole and cut back to twice the agreed prefix after a refusal. A whole step the
-draft-only verifier keeps needs no target pass at all; a stretch cut short of its step is always read. Greedy salvage is lossless up to llama.cpp's batch-shape numerics: what
-is kept without the verifier's word is exactly what the target would have written.
+draft-only verifier keeps needs no target pass at all; a stretch cut short of its step is always read. Greedy
+salvage is lossless up to llama.cpp's batch-shape numerics: what is kept without the verifier's word is exactly what
+the target would have written.
 
 Choices where the paper is silent: the attention and the hidden states are the *draft's* (the target never runs
 on steps the draft-only signals keep); normalisation bounds are per-pair percentiles (`signals.Profile`); a step's
@@ -172,8 +173,8 @@ class SpecGuard:
         return check(self.verifier, proposal, scores, lambda: self.read(tokens, proposal, timings), self.probe)
 
     def salvage(self, tokens: list[int], budget: int) -> Step:
-        """Draft → verify → keep, or salvage the agreed prefix and draft on, until the step ends. Only a stretch that
-        ends its step may be kept without the target's pass (the draft-only verifiers judge whole steps)."""
+        """Draft → verify → keep, or salvage the agreed prefix and draft on, until the step ends. Only a stretch
+        that ends its step may be kept without the target's pass (the draft-only verifiers judge whole steps)."""
         draft, target, timings, start = self.draft, self.target, {}, self.clock()
         one_off_s = self.draft_catch_up(tokens, timings)
         if not target.tokens:  # the target reads the prompt once, as target-only decoding does (not counted in S)
@@ -285,7 +286,8 @@ class SpecGuard:
               **counters) -> Step:
         detokenize = self.draft.ctx.model.detokenize
         candidates = chunks if chunks is not None else [
-            dict(text=detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop, **s) for c, s in zip(cands, all_scores)]
+            dict(text=detokenize(c.tokens), n_tokens=len(c.tokens), stop=c.stop, **s)
+            for c, s in zip(cands, all_scores)]
         return Step(index=0, text=detokenize(tokens), tokens=tokens, source=source, verdict=verdict, stop=stop,
                     scores=scores, chosen=chosen, timings=timings, candidates=candidates,
                     control={**self.control.report(), "verifier": self.verifier.describe(),

@@ -1,8 +1,10 @@
 """Calibration: what SpecGuard's decision needs per model pair (the paper gives neither).
 
-Normalisation bounds: greedy draft steps are scored on a dev slice with every step accepted (τ = 0, the dev run
-is `study.calibrate_bounds`), and each raw score's bounds are percentiles over those steps: l̃ = 0 at the `low` percentile of min log-probs, 1 at the `high`
-one; same for g̃. From a study (`specguard-local study`) the same bounds come from its greedy draft steps.
+Normalisation bounds: greedy draft steps are scored on a dev slice with every step accepted (τ = 0, the dev run is
+`study.calibrate_bounds`), and each raw score's bounds are percentiles over those steps: l̃ = 0 at the `low`
+percentile of min log-probs, 1 at the `high` one; same for g̃. From a study (`specguard-local study`) the same
+bounds come from its greedy draft steps.
+
 
 Risk-calibrated thresholds (from a study): for each verifier, τ is the lowest threshold at which accepting every
 draft step scoring ≥ τ flips at most `max_harm` of the dev problems from right to wrong (a problem flips when any
