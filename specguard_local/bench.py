@@ -29,7 +29,7 @@ META_FILE = "meta.json"
 WARMUP_QUESTION = "What is 2 + 3?"
 WARMUP_MAX_TOKENS = 32
 STAT_KEYS = ("wall_s", "tokens", "tokens_per_s", "steps", "acceptance_rate", "target_call_fraction", "draft_len_mean",
-             "accepted_len_mean", "timings", "control")
+             "accepted_len_mean", "timings", "control", "kept")
 # A run may only be resumed with these unchanged, or its rows would mix settings.
 RESUME_KEYS = ("dataset", "models", "options")
 
