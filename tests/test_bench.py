@@ -55,7 +55,7 @@ def test_bench_writes_rows_meta_and_report(tiny_runtime, problems_file, tmp_path
     assert [row["method"] for row in rows] == ["target", "draft", "target", "draft"]  # interleaved per problem
     assert set(rows[0]) == {"method", "dataset", "problem_id", "question", "gold", "answer", "correct", "wall_s",
                             "tokens", "tokens_per_s", "steps", "acceptance_rate", "target_call_fraction",
-                            "draft_len_mean", "accepted_len_mean", "timings", "control", "seed"}
+                            "draft_len_mean", "accepted_len_mean", "timings", "control", "kept", "seed"}
     assert rows[0]["dataset"] == "sums" and rows[0]["gold"] == "1" and 0 < rows[0]["tokens"] <= 16
     report = (out / "report.md").read_text()
     assert "| target |" in report and "| draft |" in report
