@@ -55,8 +55,9 @@ def summarize(method: str, question: str, steps: list[Step], wall_s: float) -> R
              "timings": timings,
              # salvage: drafted tokens kept by the verifier's word, kept as the target's agreed prefix, and the
              # target's own tokens (corrections and free tokens after a stretch it read whole)
-             "kept": {key: sum(int(s.scores.get(key, 0)) for s in steps)
-                      for key in ("kept_whole", "salvaged", "corrections", "bonus", "passes")}
+             "kept": {"drafted": sum(s.drafted for s in steps),
+                      **{key: sum(int(s.scores.get(key, 0)) for s in steps)
+                         for key in ("kept_whole", "salvaged", "corrections", "bonus", "passes")}}
              if any(s.verdict == "salvaged" or "passes" in s.scores for s in steps) else None,
              # step-level speculation: what the cost-aware controller measured and chose (decoders/controller.py)
              "control": steps[-1].control if steps and steps[-1].control else None,

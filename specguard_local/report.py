@@ -95,6 +95,7 @@ def _summarize_method(method: str, rows_by_id: dict[str, dict], target_rows: dic
         "stopped_share": _mean_present(not row["control"]["speculating"] for row in rows
                                        if row.get("control") and row["control"].get("adapt")),
         "time_split": time_split(rows),
+        "salvage": salvage_split(rows),
     }
 
 
@@ -110,6 +111,23 @@ def time_split(rows: list[dict]) -> dict[str, float]:
         return {}
     shares = {part: seconds / total for part, seconds in parts.items()}
     return {**shares, "other": max(0.0, 1.0 - sum(shares.values()))}
+
+
+def salvage_split(rows: list[dict]) -> dict | None:
+    """Shares of the speculative steps' tokens kept whole, salvaged and written by the target, the share of drafted
+    tokens kept (where the rows know it) and kept drafted tokens per target pass; None without salvage rows."""
+    kept = [row["kept"] for row in rows if row.get("kept")]
+    if not kept:
+        return None
+    total = {key: sum(k.get(key, 0) for k in kept) for key in ("kept_whole", "salvaged", "corrections", "bonus",
+                                                                 "passes", "drafted")}
+    own = total["corrections"] + total["bonus"]
+    emitted = max(total["kept_whole"] + total["salvaged"] + own, 1)
+    drafted = total["drafted"] if all("drafted" in k for k in kept) else None
+    return {"kept_whole": total["kept_whole"] / emitted, "salvaged": total["salvaged"] / emitted,
+            "own": own / emitted,
+            "drafted_kept": (total["kept_whole"] + total["salvaged"]) / drafted if drafted else None,
+            "per_pass": (total["kept_whole"] + total["salvaged"]) / max(total["passes"], 1)}
 
 
 def cost_ratio(summary: list[dict]) -> float | None:
@@ -171,6 +189,16 @@ def render_markdown(summary: list[dict], title: str, meta: dict, datasets: list[
         lines += _table(["method", *(part.replace("_", " ") for part in parts), "other"],
                         [[method, *(f"{split.get(part, 0.0):.0%}" for part in [*parts, "other"])]
                          for method, split in splits.items()])
+    salvage = {entry["method"]: entry["salvage"] for entry in summary if entry.get("salvage")}
+    if salvage:
+        lines += ["", "## Who wrote the answers' tokens (salvage)", "",
+                  "Of every answer token of the speculative steps: drafted and kept whole by the verifier, drafted and "
+                  "kept as the prefix the target agreed with, or the target's own (a correction, or the free token "
+                  "after a stretch it read whole); the share of drafted tokens kept; kept tokens per target pass.", ""]
+        lines += _table(["method", "kept whole", "salvaged", "target's own", "drafted kept", "kept per pass"],
+                        [[method, f"{split['kept_whole']:.0%}", f"{split['salvaged']:.0%}", f"{split['own']:.0%}",
+                          _format(split["drafted_kept"]), _format(split["per_pass"])]
+                         for method, split in salvage.items()])
     if PAPER_REFERENCE:
         keys = list(dict.fromkeys(key for row in PAPER_REFERENCE for key in row))
         lines += ["", "## SpecGuard paper reference (Qwen2.5-Math 1.5B -> 7B, A100; not measured here)", ""]

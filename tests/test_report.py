@@ -122,3 +122,15 @@ def test_the_report_says_where_the_time_goes_and_what_a_draft_token_costs(tmp_pa
     assert "| specguard | 25% | 2% | 5% | 55% | 5% | 7% |" in markdown
     assert summarize(ROWS)[0]["time_split"] == {}  # rows without timings: no split, no table
     assert "Where the time goes" not in write_report(ROWS, tmp_path / "plain", "plain", {})[0].read_text()
+
+
+def test_the_salvage_split_counts_who_wrote_the_tokens():
+    from specguard_local.report import salvage_split
+
+    rows = [{"kept": {"drafted": 12, "kept_whole": 6, "salvaged": 3, "corrections": 1, "bonus": 0, "passes": 2}},
+            {"kept": {"drafted": 8, "kept_whole": 0, "salvaged": 7, "corrections": 1, "bonus": 2, "passes": 3}},
+            {"kept": None}]
+    split = salvage_split(rows)
+    assert split == {"kept_whole": 6 / 20, "salvaged": 10 / 20, "own": 4 / 20, "drafted_kept": 16 / 20,
+                     "per_pass": 16 / 5}
+    assert salvage_split([{"kept": None}]) is None
