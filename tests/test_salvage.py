@@ -27,6 +27,8 @@ def test_verifier_parts_run_cheapest_first():
     profile = Profile(-5.0, 0.0, 0.0, 1.0, taus={"signals": 0.5, "target-judge": 0.9, "probe": 0.7})
     assert parse_verifier("target-judge+signals", profile).parts == ("signals", "target-judge")
     assert parse_verifier("target-judge+probe+signals", profile).taus == (0.5, 0.7, 0.9)
+    assert parse_verifier("target-judge+signals", profile).early_rejection_tau() == 0.5  # the signals only fall
+    assert parse_verifier("target-judge+probe", profile).early_rejection_tau() is None
 
 
 @pytest.mark.real

@@ -105,10 +105,6 @@ class SpecGuard:
                          np.random.default_rng(opts.seed), rt.clock, CHUNK_START)
 
     @property
-    def tau_signals(self) -> float | None:
-        return dict(zip(self.verifier.parts, self.verifier.taus)).get("signals")
-
-    @property
     def draft_p_min(self) -> float:
         return self.opts.draft_p_min if self.opts.draft_p_min is not None else self.profile.draft_p_min
 
@@ -245,7 +241,7 @@ class SpecGuard:
         """The paper's loop: draft a step, verify it, keep it or let the target rewrite it."""
         draft, target, opts, timings, start = self.draft, self.target, self.opts, {}, self.clock()
         draft_sync_s = self.draft_catch_up(tokens, timings)
-        tau = self.tau_signals
+        tau = self.verifier.early_rejection_tau()
         hopeless = None if tau is None else (
             lambda c: self.grounding.running_r(c, self.profile, opts.use_logprob, opts.use_grounding) < tau)
         cands, scores, chosen = self.draft_step(budget, timings, hopeless)

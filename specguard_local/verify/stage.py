@@ -11,8 +11,12 @@ step iff score ≥ its τ:
   probe         a logistic probe on mean final hidden states (SemanticSpec, arXiv 2602.03708) trained on outcome
                 labels from `specguard-local study`; score = 1 - P(harmful). See `probe`.
   a+b           accept only when every part accepts (e.g. `signals+target-judge`). The parts run cheapest first
-                (`COST_RANK`: the draft's signals, the probe, the target's judge) and the first that fails ends the
+                (`PARTS`: the draft's signals, the probe, the target's judge) and the first that fails ends the
                 check, so a part that needs the target's pass never runs for a step the draft's own signals reject.
+
+Each part declares in `PARTS` what the stage needs to know: the key of its score, its cost rank, whether it reads
+the target's pass, and whether its score can only fall as a step grows (then a draft may stop as soon as it fails:
+early rejection).
 
 `read_step` is the target's one pass over a drafted stretch: the judge's scores and, for salvage, the target's own
 prediction at every position (`agreement`: token-level SD's rule). `check` runs a verifier's parts cheapest first.
@@ -32,9 +36,18 @@ from ..generation import Candidate, Session
 from .probe import Probe
 from .signals import Profile
 
-VERIFIERS = ("signals", "target-judge", "probe")
-SCORE_KEYS = {"signals": "r", "target-judge": "judge", "probe": "probe_safe"}
-COST_RANK = {"signals": 0, "probe": 1, "target-judge": 2}  # draft-only < a dot product (+ maybe the pass) < the pass
+@dataclass(frozen=True)
+class Part:
+    score: str            # the key of its score in a step's scores ("higher is safer")
+    cost_rank: int        # parts run in this order
+    reads_target: bool    # needs the target's pass (a probe: only when its features include the target's)
+    falls_only: bool      # its score can only fall as a step grows, so a draft may stop once it fails
+
+
+PARTS = {"signals": Part("r", 0, False, True),               # minima over tokens; causal grounding
+         "probe": Part("probe_safe", 1, True, False),         # a dot product (+ the pass for target features)
+         "target-judge": Part("judge", 2, True, False)}       # a mean: it may rise again
+VERIFIERS = tuple(PARTS)
 
 
 def accept_or_resample(target_probs: np.ndarray, draft_probs: np.ndarray, token: int,
@@ -88,10 +101,14 @@ def read_step(target: Session, context: list[int], step: list[int]) -> tuple[Tar
 
 @dataclass(frozen=True)
 class Verifier:
-    """A verifier or an AND-combination: its parts, cheapest first (`COST_RANK`), and one τ per part."""
+    """A verifier or an AND-combination: its parts, cheapest first (`PARTS`), and one τ per part."""
 
     parts: tuple[str, ...]
     taus: tuple[float, ...]
+
+    def early_rejection_tau(self) -> float | None:
+        """The τ a partial step can already fail for good (the first part whose score only falls), if any."""
+        return next((tau for part, tau in zip(self.parts, self.taus) if PARTS[part].falls_only), None)
 
     def describe(self) -> str:
         return "+".join(f"{part}≥{tau:g}" for part, tau in zip(self.parts, self.taus))
@@ -112,13 +129,13 @@ def parse_verifier(spec: str, profile: Profile, tau: float | None = None) -> Ver
     if missing:
         raise SpecGuardError(f"the calibration profile has no τ for {', '.join(missing)}; pass --tau or calibrate "
                              f"with `specguard-local calibrate --study DIR`")
-    parts = tuple(sorted(parts, key=COST_RANK.__getitem__))
+    parts = tuple(sorted(parts, key=lambda part: PARTS[part].cost_rank))
     return Verifier(parts, tuple(tau if tau is not None else profile.taus[part] for part in parts))
 
 
 def needs_pass(part: str, probe: Probe | None) -> bool:
     """Whether a verifier part reads the target's pass over the step (the judge; a probe on target hidden states)."""
-    return part == "target-judge" or (part == "probe" and probe is not None and probe.features != "draft")
+    return PARTS[part].reads_target and (part != "probe" or (probe is not None and probe.features != "draft"))
 
 
 def probe_features(probe: Probe, step: Candidate, target_hidden: np.ndarray | None) -> np.ndarray:
@@ -141,7 +158,7 @@ def check(verifier: Verifier, proposal: Candidate, scores: dict[str, float], rea
         if part == "probe":
             hidden = target_read.hidden if target_read is not None else None
             scores["probe_safe"] = 1.0 - probe.harm(probe_features(probe, proposal, hidden))
-        if scores[SCORE_KEYS[part]] < tau:
+        if scores[PARTS[part].score] < tau:
             return False, target_read
     return True, target_read
 
