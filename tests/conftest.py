@@ -12,6 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import openai
 import pytest
@@ -100,3 +103,33 @@ class Server:
         finally:
             self.process.kill()
         return self.process.returncode, stderr
+
+
+@dataclass
+class TinyPair:
+    rt: object            # a loaded `Runtime`
+    draft: Path
+    target: Path
+    profile: Path         # bounds that fit random models; the taus asked for
+
+    def args(self, n_ctx: int) -> list[str]:
+        """The same pair for `specguard-local serve`."""
+        return ["--draft", str(self.draft), "--target", str(self.target), "--n-ctx", str(n_ctx), "--profile",
+                str(self.profile)]
+
+
+@contextmanager
+def open_tiny_pair(folder: Path, target_layers: int = 6, endless: bool = False, n_ctx: int = 512,
+              taus: dict | None = None):
+    """A tiny random draft (4 layers) and target (`target_layers`) loaded as a pair by real llama.cpp, with a
+    profile for them. `endless` models never end an answer before its budget."""
+    from specguard_local.runtime import Runtime, RuntimeConfig
+    from specguard_local.verify.signals import Profile
+
+    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=endless)
+    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=target_layers, endless=endless)
+    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=n_ctx)) as rt:
+        profile = folder / "profile.json"
+        Profile(-12.0, 0.0, 0.0, 1.0, **({"taus": taus} if taus else {}), draft=rt.ids["draft"],
+                target=rt.ids["target"]).save(profile)
+        yield TinyPair(rt, draft, target, profile)

@@ -10,23 +10,16 @@ from specguard_local import api, engine
 from specguard_local.batching import Batcher
 from specguard_local.cancel import Cancelled
 from specguard_local.decoders.options import Options
-from specguard_local.runtime import Runtime, RuntimeConfig, SlotRuntime
-from specguard_local.verify.signals import Profile
-from tiny_gguf import write_tiny_model
+from specguard_local.runtime import SlotRuntime
+from conftest import open_tiny_pair
 
 QUESTIONS = ["Tell me a long story about numbers.", "Count to ten.", "What is 2 + 2?", "Name three colours."]
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("batching")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=True)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=6, endless=True)
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
-        profile = folder / "profile.json"
-        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, taus={"signals": 0.5},
-                draft=rt.ids["draft"], target=rt.ids["target"]).save(profile)
-        yield rt, Options(max_tokens=48, max_step_tokens=12, profile=str(profile), adapt=False)
+    with open_tiny_pair(tmp_path_factory.mktemp("batching"), endless=True, taus={"signals": 0.5}) as pair:
+        yield pair.rt, Options(max_tokens=48, max_step_tokens=12, profile=str(pair.profile), adapt=False)
 
 
 def run_together(rt, jobs, batcher, n_slots, stops=None):

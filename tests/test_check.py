@@ -8,12 +8,10 @@ import sys
 
 import pytest
 
-from conftest import NATALIA
+from conftest import NATALIA, open_tiny_pair
 from specguard_local.errors import SpecGuardError
-from specguard_local.runtime import Runtime, RuntimeConfig
 from specguard_local.verify.signals import Profile, default_profile
 from specguard_local.verify.solution import check_solution, split_steps
-from tiny_gguf import write_tiny_model
 
 RIGHT = ["In April, Natalia sold 48 clips.",
          "In May, she sold half as many: 48 / 2 = 24 clips.",
@@ -49,11 +47,8 @@ def test_steps_are_paragraphs():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("check")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=6)
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
-        yield rt, Profile(-12.0, 0.0, 0.0, 1.0, draft=rt.ids["draft"], target=rt.ids["target"])
+    with open_tiny_pair(tmp_path_factory.mktemp("check")) as pair:
+        yield pair.rt, Profile.load(pair.profile)
 
 
 def test_every_step_is_scored_and_the_threshold_decides(tiny):

@@ -6,21 +6,13 @@ import pytest
 from specguard_local import api
 from specguard_local.decoders.controller import PROBE_EVERY, Controller
 from specguard_local.decoders.options import Options
-from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.verify.signals import Profile
-from tiny_gguf import write_tiny_model
+from conftest import open_tiny_pair
 
 
 @pytest.fixture(scope="module")
 def cheap_draft(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("controller")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=96)
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
-        profile = folder / "profile.json"
-        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, draft=rt.ids["draft"],
-                target=rt.ids["target"]).save(profile)
-        yield rt, str(profile)
+    with open_tiny_pair(tmp_path_factory.mktemp("controller"), target_layers=96) as pair:
+        yield pair.rt, str(pair.profile)
 
 
 def solve(pair, **options):

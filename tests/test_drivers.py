@@ -6,9 +6,7 @@ import pytest
 
 from specguard_local import api
 from specguard_local.decoders import METHODS
-from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.verify.signals import Profile
-from tiny_gguf import write_tiny_model
+from conftest import open_tiny_pair
 
 N_CTX = 256
 QUESTION = "Tell me a long story about numbers."
@@ -16,14 +14,8 @@ QUESTION = "Tell me a long story about numbers."
 
 @pytest.fixture(scope="module")
 def endless(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("drivers")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=True)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=6, endless=True)
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=N_CTX)) as rt:
-        profile = folder / "profile.json"
-        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, taus={"signals": 0.5},
-                draft=rt.ids["draft"], target=rt.ids["target"]).save(profile)
-        yield rt, str(profile)
+    with open_tiny_pair(tmp_path_factory.mktemp("drivers"), endless=True, n_ctx=N_CTX, taus={"signals": 0.5}) as pair:
+        yield pair.rt, str(pair.profile)
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NATALIA, Server
+from conftest import NATALIA, Server, open_tiny_pair
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt-get install chromium")
@@ -43,19 +43,9 @@ def page(browser):
 
 @pytest.fixture(scope="module")
 def tiny_page_server(tmp_path_factory):
-    from specguard_local.runtime import Runtime, RuntimeConfig
-    from specguard_local.verify.signals import Profile
-    from tiny_gguf import write_tiny_model
-
-    folder = tmp_path_factory.mktemp("page")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=True)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=8, endless=True)
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=1024)) as rt:
-        profile = folder / "profile.json"
-        Profile(-12.0, 0.0, 0.0, 1.0, taus={"signals": 0.5}, draft=rt.ids["draft"], target=rt.ids["target"]).save(
-            profile)
-    server = Server("--draft", str(draft), "--target", str(target), "--n-ctx", "1024", "--profile", str(profile),
-                    "--max-tokens", "40")
+    with open_tiny_pair(tmp_path_factory.mktemp("page"), target_layers=8, endless=True, taus={"signals": 0.5}) as pair:
+        args = pair.args(n_ctx=1024)
+    server = Server(*args, "--max-tokens", "40")
     yield server
     server.stop()
 

@@ -5,12 +5,11 @@ import itertools
 from dataclasses import replace
 
 import pytest
-from tiny_gguf import write_tiny_model
+from conftest import open_tiny_pair
 
 from specguard_local import api
 from specguard_local.decoders.options import Options
 from specguard_local.engine import Context
-from specguard_local.runtime import Runtime, RuntimeConfig
 from specguard_local.verify.probe import Probe
 from specguard_local.verify.signals import Profile
 from specguard_local.verify.stage import VERIFIERS, parse_verifier
@@ -86,10 +85,8 @@ COMBINATIONS = list(VERIFIERS) + ["+".join(pair) for pair in itertools.combinati
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
     folder = tmp_path_factory.mktemp("verifiers")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=6)
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=512)) as rt:
-        yield rt, folder
+    with open_tiny_pair(folder) as pair:
+        yield pair.rt, folder
 
 
 def settings(rt, folder, verifier, keep: bool) -> dict:

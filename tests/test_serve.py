@@ -20,10 +20,7 @@ from hypothesis import strategies as st
 
 from specguard_local import api
 from specguard_local.decoders.options import SCHEMA
-from specguard_local.runtime import Runtime, RuntimeConfig
-from specguard_local.verify.signals import Profile
-from conftest import Server
-from tiny_gguf import write_tiny_model
+from conftest import Server, open_tiny_pair
 
 QUESTION = "Tell me a long story about numbers."
 N_CTX = 2048
@@ -32,14 +29,10 @@ LONG = 1800  # tokens: a stream still running when the test acts on it
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    draft = write_tiny_model(folder / "draft.gguf", seed=1, n_layer=4, endless=True)
-    target = write_tiny_model(folder / "target.gguf", seed=0, n_layer=32, endless=True)  # answers run to the budget
-    with Runtime(RuntimeConfig(draft=str(draft), target=str(target), n_ctx=N_CTX)) as rt:
-        profile = folder / "profile.json"
-        Profile(logprob_lo=-12.0, logprob_hi=0.0, grounding_lo=0.0, grounding_hi=1.0, taus={"signals": 0.5},
-                draft=rt.ids["draft"], target=rt.ids["target"]).save(profile)
-        yield rt, ["--draft", str(draft), "--target", str(target), "--n-ctx", str(N_CTX), "--profile", str(profile)]
+    # endless: answers run to the budget
+    with open_tiny_pair(tmp_path_factory.mktemp("serve"), target_layers=32, endless=True, n_ctx=N_CTX,
+                   taus={"signals": 0.5}) as pair:
+        yield pair.rt, pair.args(N_CTX)
 
 
 @pytest.fixture(scope="module")
