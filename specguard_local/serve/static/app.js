@@ -87,9 +87,16 @@ function lastBoxed(text) {
 function showStats(stats, steps) {
   const total = steps.reduce((n, s) => n + s.tokens, 0) || 1;
   const kept = steps.reduce((n, s) => n + (s.accepted || 0), 0);
-  const parts = [`${stats.tokens} tokens · ${stats.tokens_per_s.toFixed(1)} tokens/s · ${stats.wall_s.toFixed(1)} s`,
-                 `draft tokens kept ${Math.round(100 * kept / total)}% · the target wrote or read ` +
-                 `${Math.round(100 * stats.target_call_fraction)}%`];
+  const share = (n) => `${Math.round(100 * n / total)}%`;
+  const parts = [`${stats.tokens} tokens · ${stats.tokens_per_s.toFixed(1)} tokens/s · ${stats.wall_s.toFixed(1)} s`];
+  if (stats.kept) {  // salvage: who wrote the answer's tokens
+    const k = stats.kept;
+    parts.push(`who wrote it: the draft, kept whole ${share(k.kept_whole)}, kept as the target's agreed prefix ` +
+               `${share(k.salvaged)}; the target ${share(total - k.kept_whole - k.salvaged)} ` +
+               `(${k.passes} target passes)`);
+  } else {
+    parts.push(`who wrote it: the draft ${share(kept)}, the target ${share(total - kept)}`);
+  }
   if (stats.control && stats.control.verifier) parts.push(`verifier ${stats.control.verifier}` +
     (stats.control.reason ? ` · ${stats.control.reason}` : ""));
   const time = Object.entries(stats.timings || {}).map(([k, v]) => `${k.replace(/_/g, " ")} ${v.toFixed(2)} s`);
