@@ -4,7 +4,7 @@ does not, on real llama.cpp with tiny random models (a 4-layer draft against a 9
 import pytest
 
 from specguard_local import api
-from specguard_local.decoders.controller import PROBE_EVERY, Controller
+from specguard_local.decoders.controller import CARRY_TOKENS, PROBE_EVERY, Controller
 from specguard_local.decoders.options import Options
 from conftest import open_tiny_pair
 
@@ -62,3 +62,12 @@ def test_probes_come_back_and_stop_after_a_lost_one():
     assert calls == [False] * 2 * PROBE_EVERY + [True]  # so the next one waits twice as long
     carried = control.next_answer()
     assert not carried.speculate() and carried.per_token == control.per_token  # a new answer starts target-only
+
+
+def test_what_an_answer_hands_on_weighs_little_so_a_slow_one_is_soon_outweighed():
+    slow = Controller()
+    slow.spec_s, slow.spec_tokens, slow.target_s, slow.target_tokens = 740.0, 1000, 8.7, 100  # 740 vs 87 ms/token
+    carried = slow.next_answer()
+    assert carried.per_token == pytest.approx(slow.per_token)  # the same rates …
+    assert carried.spec_tokens == CARRY_TOKENS and carried.target_tokens == 100  # … weighing at most CARRY_TOKENS
+    assert not carried.speculate()  # it starts target-only, as the rates say

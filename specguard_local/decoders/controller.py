@@ -18,7 +18,8 @@ wait before the next one, as `sd` backs off its token-level probes.
 Times come from the request's own clock (`PairRuntime.clock`): in one process the wall clock; inside the server,
 wall time less the waits for other requests' decodes (`batching.RequestClock`), so a request compares its own costs,
 not the rounds it shared. What is measured carries over to the next answer on the same loaded pair (`next_answer`,
-kept in the runtime's memory by verifier settings): once drafting is known not to pay, a new answer starts with the
+kept in the runtime's memory by verifier settings; each rate weighs at most `CARRY_TOKENS` tokens there, so
+fresh measurements soon outweigh an old one): once drafting is known not to pay, a new answer starts with the
 target alone and the draft does not even prefill its prompt until a probe is due.
 
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 
 MIN_STEPS = 2
 MARGIN = 0.1
+CARRY_TOKENS = 128  # what one answer hands the next weighs at most this many tokens per rate
 PROBE_EVERY = 8
 # answers running at once in the server share what they learn (`next_answer` reads another answer's controller
 # while that one may still be recording): one lock for every controller's totals
@@ -134,10 +136,13 @@ class Controller:
 
     @_locked
     def next_answer(self) -> "Controller":
-        """A controller for the next answer on the same pair and settings: the measured totals and the probe
-        schedule carry over; it starts target-only when they already say that drafting loses."""
-        carried = Controller(self.enabled, self.spec_s, self.spec_tokens, self.spec_steps, self.target_s,
-                             self.target_tokens, self.prefill_s, self.prefill_tokens, referenced=self.referenced,
+        """A controller for the next answer on the same pair and settings: the measured rates and the probe
+        schedule carry over, each rate weighing at most `CARRY_TOKENS` tokens (so one slow answer, say beside
+        another process, cannot outweigh what the next ones measure); it starts target-only when they already say
+        that drafting loses."""
+        carried = Controller(self.enabled, *_carried(self.spec_s, self.spec_tokens), self.spec_steps,
+                             *_carried(self.target_s, self.target_tokens),
+                             *_carried(self.prefill_s, self.prefill_tokens), referenced=self.referenced,
                              since_probe=self.since_probe, probes_lost=self.probes_lost)
         s, t = carried.per_token
         carried.speculating = not (self.enabled and s is not None and t is not None and s > (1 + MARGIN) * t)
@@ -150,3 +155,10 @@ class Controller:
         return {"adapt": self.enabled, "speculating": self.speculating, "mode": "speculate" if self.speculating
                 else "target", "spec_ms_per_token": None if s is None else
                 s * 1000, "target_ms_per_token": None if t is None else t * 1000, "reason": self.reason}
+
+
+def _carried(seconds: float, tokens: int) -> tuple[float, int]:
+    """(seconds, tokens) at the same rate, weighing at most `CARRY_TOKENS` tokens."""
+    if tokens <= CARRY_TOKENS:
+        return seconds, tokens
+    return seconds * CARRY_TOKENS / tokens, CARRY_TOKENS
