@@ -106,7 +106,8 @@ def main():
 @click.option("--verifier", default=None,
               help="specguard: what judges a draft step — signals (the paper's log-prob + attention r), target-judge "
                    "(the target's geometric-mean probability of the step, one batched prefill), probe (hidden-state "
-                   "probe) or a '+' combination that must all accept [default: the profile's choice].")
+                   "probe) or a '+' combination that must all accept [default: the profile's choice, target-judge "
+                   "with salvage (every kept stretch read by the target), signals in the paper's loop].")
 @click.option("--tau", type=float, default=None, help="Accept a draft step iff its verifier score >= tau "
                                                       "[default: the profile's τ for the verifier].")
 @click.option("--probe", "probe_path", type=click.Path(dir_okay=False, exists=True),

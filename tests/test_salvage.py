@@ -30,6 +30,15 @@ def test_verifier_parts_run_cheapest_first():
     assert parse_verifier("target-judge+probe", profile).early_rejection_tau() is None
 
 
+def test_salvage_defaults_to_the_verifier_that_reads_every_kept_stretch():
+    from specguard_local.decoders.specguard import default_verifier
+
+    both = Profile(-5.0, 0.0, 0.0, 1.0, taus={"signals": 0.9, "target-judge": 0.97})
+    assert default_verifier(both, salvage=True) == "target-judge"
+    assert default_verifier(both, salvage=False) == "signals"  # the paper's loop: the study's choice
+    assert default_verifier(Profile(-5.0, 0.0, 0.0, 1.0, taus={"signals": 0.9}), salvage=True) == "signals"
+
+
 @pytest.mark.real
 def test_greedy_salvage_is_the_targets_greedy_output_up_to_near_ties(real_runtime):
     rt = real_runtime
@@ -55,7 +64,7 @@ def test_greedy_salvage_is_the_targets_greedy_output_up_to_near_ties(real_runtim
 
 @pytest.mark.real
 def test_signals_keep_only_stretches_that_end_their_step_without_the_target(real_runtime):
-    steps = salvage_run(real_runtime, tau=0.0)  # the signals keep everything they may judge
+    steps = salvage_run(real_runtime, verifier="signals", tau=0.0)  # the signals keep everything they may judge
     assert all(c["checked"] for s in steps for c in s.candidates[:-1])  # cut short of its step: the target reads it
     last = [s.candidates[-1] for s in steps]
     assert all(c["kept"] == c["n_tokens"] and not c["checked"] for c in last if c["stop"] in ("step", "eos"))

@@ -88,7 +88,7 @@ class SpecGuard:
     @staticmethod
     def start(rt: PairRuntime, opts: Options) -> "SpecGuard":
         profile = load_profile(opts, rt.ids["draft"], rt.ids["target"])
-        verifier = parse_verifier(opts.verifier or profile.verifier, profile, opts.tau)
+        verifier = parse_verifier(opts.verifier or default_verifier(profile, opts.salvage), profile, opts.tau)
         probe = load_probe(opts, rt) if "probe" in verifier.parts else None
         draft = rt.session("draft", n_seq=opts.k, layers=opts.layers,
                            hidden=opts.k > 1 or (probe is not None and probe.features != "target"))
@@ -298,6 +298,13 @@ def step_end(model, written: list[int], budget: int) -> str:
     if STEP_BOUNDARY in b"".join(model.piece(t) for t in written).lstrip():
         return "step"
     return "cap" if len(written) >= budget else ""
+
+
+def default_verifier(profile: Profile, salvage: bool) -> str:
+    """The profile's verifier for this loop: with salvage its `salvage_verifier` when the profile has a τ for every
+    part of it, else (and in the paper's loop) its `verifier`."""
+    wanted = profile.salvage_verifier if salvage else profile.verifier
+    return wanted if all(part in profile.taus for part in wanted.split("+")) else profile.verifier
 
 
 def rsd(rt: PairRuntime, prompt: list[int], opts: Options) -> Iterator[Step]:

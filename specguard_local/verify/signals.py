@@ -40,7 +40,10 @@ class Profile:
     grounding_hi: float
     beta: float = 0.3
     taus: dict = field(default_factory=lambda: {"signals": 0.7})
-    verifier: str = "signals"
+    verifier: str = "signals"       # the paper's loop's default verifier (the study's choice)
+    salvage_verifier: str = "target-judge"  # with salvage: every kept stretch is read by the target (see
+                                            # docs/measurements.md: stretches the draft's signals kept unread
+                                            # lost 2 of 8 answers on the F16 target)
     draft_p_min: float = 0.7        # salvage: the draft stops once its own odds of the whole stretch fall below this
     check_logprob_min: float = -3.0  # checking a student's step: doubtful below this target min token log-prob
     draft: str = ""
