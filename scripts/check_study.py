@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--max-false-alarms", type=float, default=0.10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="scripts/results/check-study")
+    parser.add_argument("--report-only", action="store_true", help="report on the rows so far, solve nothing more")
     args = parser.parse_args()
     if args.offset < 1000:
         sys.exit("use GSM8K test problems 1000+ (0-99 are the benchmark's)")
@@ -127,7 +128,7 @@ def main() -> None:
     done = {row["problem_id"] for row in rows}
     if skipped_path.exists():
         done |= {json.loads(line)["problem_id"] for line in skipped_path.open()}
-    problems = load_problems("gsm8k", limit=args.offset + args.limit)[args.offset:]
+    problems = [] if args.report_only else load_problems("gsm8k", limit=args.offset + args.limit)[args.offset:]
     with Runtime(RuntimeConfig()) as rt:
         profile = pair_profile(None, rt.ids["draft"], rt.ids["target"])
         for problem in tqdm([p for p in problems if p.id not in done], desc="check study", unit="problem"):
@@ -145,7 +146,7 @@ def main() -> None:
             prompt = rt.prompt_tokens(problem.question)
             for name, solution, corrupted in (("unchanged", steps, None),
                                               (kind, steps[:index] + [flawed_step] + steps[index + 1:], index)):
-                result = check_solution(rt, prompt, solution, profile)
+                result = check_solution(rt, prompt, solution, profile, hint=False)
                 row = {"problem_id": problem.id, "kind": name, "corrupted": corrupted, "n_steps": len(solution),
                        "scores": [s.scores["target_logprob_min"] for s in result.steps],
                        "r": [s.scores["r"] for s in result.steps], "profile_threshold": result.threshold,

@@ -197,7 +197,8 @@ def render_markdown(summary: list[dict], title: str, meta: dict, datasets: list[
                   "after a stretch it read whole); the share of drafted tokens kept; kept tokens per target pass.", ""]
         lines += _table(["method", "kept whole", "salvaged", "target's own", "drafted kept", "kept per pass"],
                         [[method, f"{split['kept_whole']:.0%}", f"{split['salvaged']:.0%}", f"{split['own']:.0%}",
-                          _format(split["drafted_kept"]), _format(split["per_pass"])]
+                          "n/a" if split["drafted_kept"] is None else f"{split['drafted_kept']:.0%}",
+                          _format(split["per_pass"])]
                          for method, split in salvage.items()])
     if PAPER_REFERENCE:
         keys = list(dict.fromkeys(key for row in PAPER_REFERENCE for key in row))

@@ -52,9 +52,9 @@ def split_steps(solution: str) -> list[str]:
 
 
 def check_solution(rt: PairRuntime, prompt: list[int], steps: list[str], profile: Profile,
-                   threshold: float | None = None) -> SolutionCheck:
+                   threshold: float | None = None, hint: bool = True) -> SolutionCheck:
     """Score every step of a solution to the question rendered in `prompt` (see the module docstring); `threshold`
-    overrides the profile's `check_logprob_min`."""
+    overrides the profile's `check_logprob_min`; `hint=False` skips writing the hint."""
     steps = [step.strip() for step in steps]
     if not steps or not all(steps):
         raise SpecGuardError("the solution needs at least one step, and no step may be empty")
@@ -91,10 +91,10 @@ def check_solution(rt: PairRuntime, prompt: list[int], steps: list[str], profile
         start = end
 
     first = next((check.index for check in checks if check.doubtful), None)
-    hint = None
-    if first is not None:
+    written_hint = None
+    if first is not None and hint:
         trusted = sum(len(piece) for piece in pieces[:first])
         target.rewind(len(prompt) + trusted, target_logits[trusted])
         written = sample_steps(target, 1, Sampling(), np.random.default_rng(0), HINT_TOKENS)[0]
-        hint = model.detokenize(written.tokens).strip()
-    return SolutionCheck(checks, first, hint, threshold)
+        written_hint = model.detokenize(written.tokens).strip()
+    return SolutionCheck(checks, first, written_hint, threshold)
