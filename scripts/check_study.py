@@ -6,11 +6,12 @@ Corruptions (one per flawed solution, chosen by a seeded generator among those t
     number      a number in a result (right of the last "=") changed by a small amount;
     operation   one arithmetic operator swapped (+ ↔ -, * or × ↔ /);
     dropped     one "+ term" / "- term" of an expression dropped.
-Reported: the AUROC of the step score (the target's min token log-prob, lower = more doubtful) for "this step is
+Reported: the AUROC of the step score (the target's min log-prob over the step's maths tokens, lower = more
+doubtful; `verify.solution`) for "this step is
 the corrupted one" over every step of the flawed solutions; how often the first doubtful step is exactly the
 corrupted one (by corruption kind); the share of unchanged solutions with any false alarm; and, for the threshold
-chosen as the highest whose false-alarm share on unchanged solutions stays within --max-false-alarms, the same
-figures at that threshold. Rows are appended to OUT/rows.jsonl as problems finish (resumable).
+chosen in the middle of the range whose first doubtful step is most often the corrupted one while its false-alarm
+share on unchanged solutions stays within --max-false-alarms, the same figures at that threshold. Rows are appended to OUT/rows.jsonl as problems finish (resumable).
 
     python scripts/check_study.py --offset 1000 --limit 200 --out scripts/results/check-study
 """
@@ -99,10 +100,14 @@ def report(rows: list[dict], max_false_alarms: float) -> dict:
     flawed = [r for r in rows if r["kind"] != "unchanged"]
     positive = [-r["scores"][r["corrupted"]] for r in flawed]
     negative = [-s for r in flawed for i, s in enumerate(r["scores"]) if i != r["corrupted"]]
-    minima = sorted(min(r["scores"]) for r in rows if r["kind"] == "unchanged")
-    # the highest threshold whose false alarms on unchanged solutions stay within the bound
-    allowed = int(max_false_alarms * len(minima))
-    threshold = minima[allowed] if minima and allowed < len(minima) else 0.0
+    # the thresholds whose first doubtful step is most often the corrupted one, among those whose false alarms on
+    # unchanged solutions stay within the bound; the middle of their range, away from both edges of the data
+    candidates = sorted({score for row in rows for score in row["scores"]} | {0.0})
+    hits = {t: figures(rows, t) for t in candidates}
+    allowed = [t for t in candidates if (hits[t]["false_alarm_share"] or 0.0) <= max_false_alarms]
+    best = max((hits[t]["first_doubtful_is_corrupted"] or 0.0 for t in allowed), default=0.0)
+    tied = [t for t in allowed if (hits[t]["first_doubtful_is_corrupted"] or 0.0) == best] or candidates[:1]
+    threshold = (min(tied) + max(tied)) / 2
     return {"auroc_corrupted_step": auroc(positive, negative), "chosen": figures(rows, threshold),
             "profile_default": figures(rows, rows[0]["profile_threshold"]) if rows else None,
             "max_false_alarms": max_false_alarms}
@@ -143,18 +148,19 @@ def main() -> None:
                 continue
             index = rng.choice(candidates)
             flawed_step, kind = corrupt(steps[index], rng)
-            prompt = rt.prompt_tokens(problem.question)
+            prompt, pair = rt.prompt_tokens(problem.question), []
             for name, solution, corrupted in (("unchanged", steps, None),
                                               (kind, steps[:index] + [flawed_step] + steps[index + 1:], index)):
                 result = check_solution(rt, prompt, solution, profile, hint=False)
-                row = {"problem_id": problem.id, "kind": name, "corrupted": corrupted, "n_steps": len(solution),
-                       "scores": [s.scores["target_logprob_min"] for s in result.steps],
-                       "r": [s.scores["r"] for s in result.steps], "profile_threshold": result.threshold,
-                       "original": steps[index] if corrupted is not None else None,
-                       "flawed": flawed_step if corrupted is not None else None}
-                rows.append(row)
-                with rows_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                pair.append({"problem_id": problem.id, "kind": name, "corrupted": corrupted, "n_steps": len(solution),
+                             "scores": [s.scores["maths_logprob_min"] for s in result.steps],
+                             "all_tokens": [s.scores["target_logprob_min"] for s in result.steps],
+                             "r": [s.scores["r"] for s in result.steps], "profile_threshold": result.threshold,
+                             "original": steps[index] if corrupted is not None else None,
+                             "flawed": flawed_step if corrupted is not None else None})
+            rows += pair
+            with rows_path.open("a") as f:  # both rows of a problem at once: a kill never leaves half a pair
+                f.write("".join(json.dumps(row) + "\n" for row in pair))
     summary = {"command": " ".join(sys.argv), "machine": machine(), "date": datetime.now(timezone.utc).isoformat(),
                **report(rows, args.max_false_alarms)}
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -32,9 +32,9 @@ QUESTIONS = ["What is 17 * 23?", "Tom has 3 boxes with 12 apples each. He eats 5
              "A train travels 60 km in 45 minutes. What is its speed in km/h?", "What is 2 + 2?",
              "Sara buys 4 pens at $1.25 each. How much does she pay?", "What is half of 48?"]
 METHODS = ("target", "specguard", "sd")
-BAD_BODIES = [b"{not json", {"model": "gpt-4"}, {"model": "target", "messages": []},
-              {"tau": -1}, {"k": 99}, {"seed": -1}, {"max_tokens": 0}, {"temperature": "hot"},
-              {"verifier": "oracle"}, {"model": ["target"]}, {"messages": [{"role": [], "content": 1}]}]
+BAD_BODIES = [b"{not json", {"model": "gpt-4"}, {"model": "target", "messages": []}, {"tau": -1}, {"k": 99},
+              {"seed": -1}, {"max_tokens": 0}, {"temperature": "hot"}, {"model": "specguard", "verifier": "oracle"},
+              {"model": ["target"]}, {"messages": [{"role": [], "content": 1}]}]
 
 
 @dataclass
@@ -58,19 +58,19 @@ class Plan:
 
 
 def plans(n: int, max_tokens: int, seed: int) -> list[Plan]:
+    """The seeded mix: every 10th request malformed or out of range, every 5th (of the rest) a stream dropped after
+    its first chunk, the others streamed or whole at random; methods and questions at random."""
     rng, out = random.Random(seed), []
-    for _ in range(n):
+    for index in range(n):
         method, question = rng.choice(METHODS), rng.choice(QUESTIONS)
         body: dict | bytes = {"model": method, "messages": [{"role": "user", "content": question}],
                               "max_tokens": max_tokens, "temperature": 0}
         if method == "specguard":
             body["adapt"] = False
-        roll = rng.random()
-        if roll < 0.1:
-            bad = rng.choice(BAD_BODIES)
-            body = bad if isinstance(bad, bytes) else {**body, **bad}
-            out.append(Plan(body))
-        elif roll < 0.3:
+        if index % 10 == 9:
+            bad = BAD_BODIES[(index // 10) % len(BAD_BODIES)]
+            out.append(Plan(bad if isinstance(bad, bytes) else {**body, **bad}))
+        elif index % 5 == 2:
             out.append(Plan(body, stream=True, disconnect=True))
         else:
             out.append(Plan(body, stream=rng.random() < 0.5))
@@ -131,6 +131,7 @@ class Report:
     sent: int = 0
     counts: dict = field(default_factory=dict)
     differ_from_solo: int = 0
+    differ_by_method: dict = field(default_factory=dict)
     solo_checked: int = 0
     rss_mib: dict = field(default_factory=dict)
     slots: int = 0
@@ -192,7 +193,10 @@ def soak(port: int, pid: int | None, clients: int, requests: int, max_tokens: in
             body, stream = json.loads(outcome.key)
             solo[outcome.key] = send(port, Plan(body, stream)).text
         report.solo_checked += 1
-        report.differ_from_solo += outcome.text != solo[outcome.key]
+        if outcome.text != solo[outcome.key]:
+            method = json.loads(outcome.key)[0]["model"]
+            report.differ_from_solo += 1
+            report.differ_by_method[method] = report.differ_by_method.get(method, 0) + 1
     return report
 
 

@@ -344,7 +344,7 @@ def calibrate(dataset, offset, limit, max_tokens, low, high, layers, study_dir, 
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
         if study_dir is None:
             profile = calibrate_bounds(rt, dataset, offset, limit, max_tokens, low, high, layers, rt.ids["draft"],
-                                      rt.ids["target"])
+                                       rt.ids["target"])
         else:
             problems = load_study(study_dir)
             if not problems:

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .verify import probe as probes
+from .verify.calibration import study_table
 from .verify.signals import Profile, decision_score
 
 N_BOOTSTRAP = 1000
@@ -75,18 +76,6 @@ def acceptance_curve(risk: np.ndarray, harmful: np.ndarray, groups: np.ndarray,
         kept.append(accepted.mean())
         flipped.append(len(np.unique(groups[accepted & harmful])) / n_problems)
     return np.array(kept), np.array(flipped), np.concatenate([[-np.inf], thresholds])
-
-
-def study_table(problems: list[dict]) -> tuple[list[dict], dict]:
-    """Flatten the problem rows into steps with their problem's fields, and count labels."""
-    steps = [{**step, "problem_id": row["problem_id"], "target_correct": row["target_correct"],
-              "target_s_per_token": row["target_s_per_token"]} for row in problems for step in row["steps"]]
-    labels = [s["label"] for s in steps]
-    counts = {"problems": len(problems), "target_right": sum(r["target_correct"] for r in problems),
-              "steps": len(steps), "harmful": labels.count("harmful"), "rescue": labels.count("rescue"),
-              "neutral": labels.count("neutral"), "identical": sum(s["identical"] for s in steps),
-              "says_same": sum(s["says_same"] for s in steps)}
-    return steps, counts
 
 
 def signal_risks(steps: list[dict], profile: Profile, seed: int = 0) -> dict[str, tuple[str, np.ndarray, tuple]]:

@@ -44,12 +44,12 @@ def run_together(rt, jobs, batcher, n_slots, stops=None):
 
 
 def count_decodes(monkeypatch) -> list[int]:
-    """Every llama_decode call from now on, as the number of tokens in its batch."""
+    """Every llama_decode call from now on, as the number of sequences its batch holds tokens of."""
     sizes = []
     real_decode = engine.ll.llama_decode
 
     def counted(ctx, batch):
-        sizes.append(batch.n_tokens)
+        sizes.append(len({batch.seq_id[i][0] for i in range(batch.n_tokens)}))
         return real_decode(ctx, batch)
 
     monkeypatch.setattr(engine.ll, "llama_decode", counted)
@@ -65,8 +65,9 @@ def test_merged_requests_get_the_answers_they_get_alone(pair, monkeypatch):
     calls_alone, sizes[:] = len(sizes), []
     batcher = Batcher()
     together = run_together(rt, jobs, batcher, n_slots=4)
-    # the decodes really were merged: far fewer llama_decode calls, some of them holding several requests' tokens
-    assert len(sizes) < 0.6 * calls_alone and max(sizes) >= 3
+    # the decodes really were merged: fewer llama_decode calls, some holding several requests' sequences
+    merged = sum(n > 1 for n in sizes)
+    assert len(sizes) < calls_alone and merged >= 0.1 * len(sizes) and max(sizes) >= 3
     for solo, merged in zip(alone, together):
         assert [s.text for s in merged] == [s.text for s in solo]
         assert [s.verdict for s in merged] == [s.verdict for s in solo]

@@ -54,17 +54,18 @@ def tiny(tmp_path_factory):
 def test_every_step_is_scored_and_the_threshold_decides(tiny):
     rt, profile = tiny
     prompt = rt.prompt_tokens("count")
-    steps = ["one two", "three four", "five"]
+    steps = ["1 + 2 = 3", "3 + 4 = 7", "so 7"]
     trusting = check_solution(rt, prompt, steps, profile, threshold=-math.inf)
     assert [s.index for s in trusting.steps] == [0, 1, 2] and trusting.first_doubtful is None and trusting.hint is None
     for step in trusting.steps:
         assert step.scores["target_logprob_min"] <= step.scores["target_logprob_mean"] <= 0
+        assert step.scores["target_logprob_min"] <= step.scores["maths_logprob_min"] <= 0
         assert 0 <= step.scores["judge"] <= 1 and 0 <= step.scores["r"] <= 1 and "grounding_min" in step.scores
     doubting = check_solution(rt, prompt, steps, profile, threshold=math.inf)
     assert all(s.doubtful for s in doubting.steps) and doubting.first_doubtful == 0 and doubting.hint is not None
-    lowest = min(s.scores["target_logprob_min"] for s in trusting.steps)
+    lowest = min(s.scores["maths_logprob_min"] for s in trusting.steps)
     middle = check_solution(rt, prompt, steps, profile, threshold=lowest + 1e-9)
-    assert middle.first_doubtful == next(s.index for s in trusting.steps if s.scores["target_logprob_min"] == lowest)
+    assert middle.first_doubtful == next(s.index for s in trusting.steps if s.scores["maths_logprob_min"] == lowest)
     assert json.dumps(doubting.to_dict())
     with pytest.raises(SpecGuardError, match="at least one step"):
         check_solution(rt, prompt, ["ok", "  "], profile)
@@ -78,7 +79,7 @@ def test_a_changed_number_is_the_first_doubtful_step(real_runtime):
     wrong = check_solution(rt, prompt, WRONG, profile)
     assert right.first_doubtful is None
     assert wrong.first_doubtful == 1 and "24" in wrong.hint
-    assert wrong.steps[1].scores["target_logprob_min"] < right.steps[1].scores["target_logprob_min"]
+    assert wrong.steps[1].scores["maths_logprob_min"] < right.steps[1].scores["maths_logprob_min"]
 
 
 @pytest.mark.real

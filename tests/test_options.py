@@ -15,8 +15,8 @@ from specguard_local.errors import OptionError, SpecGuardError
 from specguard_local.serve.chat import RequestError, parse_request
 
 BAD = [("seed", -1), ("tau", -0.1), ("k", 0), ("max_tokens", 0), ("top_p", 0.0), ("temperature", 3.0),
-       ("beta", 1.5), ("draft_p_min", 2.0), ("layers", 2), ("lam", -1.0), ("delta", 7.0), ("draft_max", 0)]
-GOOD = [("tau", 1.01), ("tau", 0.0), ("seed", 2 ** 40), ("temperature", 0.0), ("draft_p_min", 0.0), ("k", 3)]
+       ("beta", 1.5), ("draft_p_min", 2.0), ("layers", 2), ("lam", -1.0), ("delta", -7.0), ("draft_max", 0)]
+GOOD = [("tau", 1.01), ("tau", 0.0), ("lam", 1.01), ("delta", 1.01), ("seed", 2 ** 40), ("temperature", 0.0), ("draft_p_min", 0.0), ("k", 3)]
 
 
 def body(**options):

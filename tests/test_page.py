@@ -103,6 +103,7 @@ def real_page_server():
 def test_a_real_answer_is_highlighted_and_a_corrupted_step_is_flagged(page, real_page_server, tmp_path):
     page.goto(real_page_server.url + "/")
     page.fill("#question", "What is 17 * 23?")
+    page.click("#settings summary")
     page.select_option("#method", "target")
     page.click("#ask-button")
     page.wait_for_selector("#answer:not([hidden])", timeout=300_000)

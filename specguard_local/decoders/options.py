@@ -6,7 +6,8 @@ same values with the same message.
 whether a server request may set it (file paths stay the server's choice). `validate` checks a whole `Options`
 against it; `parse_text` reads one value written as text (`bench --methods specguard:tau=0.5`); `typed` checks one
 value as JSON gives it (the server). None always means "the default" (the profile's, or the sampler's).
-τ: every verifier's score lies in [0, 1], so any τ above 1 means "never keep a drafted step" (tests use 1.01).
+τ (and rsd's δ, trispec's λ): every score they are compared with lies in [0, 1], so a value above 1 means "never"
+(tests use 1.01).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ SCHEMA: dict[str, Field] = {
     "use_logprob": Field(bool),
     "use_grounding": Field(bool),
     "layers": Field(int, "an integer >= 3", _at_least(3)),
-    "lam": Field(float, "a number in [0, 1]", _within(0, 1)),
-    "delta": Field(float, "a number in [0, 1]", _within(0, 1)),
+    "lam": Field(float, "a number >= 0 (above 1: never trust the proxy)", _at_least(0)),
+    "delta": Field(float, "a number >= 0 (above 1: never keep a drafted step)", _at_least(0)),
     "draft_max": Field(int, "an integer >= 1", _at_least(1)),
     "draft_fixed": Field(bool),
     "profile": Field(str, request=False),

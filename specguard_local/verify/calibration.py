@@ -52,11 +52,22 @@ def risk_threshold(safe: np.ndarray, harmful: np.ndarray, groups: np.ndarray, n_
     raise AssertionError("accepting nothing flips nothing")
 
 
+def study_table(problems: list[dict]) -> tuple[list[dict], dict]:
+    """Flatten the problem rows into steps with their problem's fields, and count labels."""
+    steps = [{**step, "problem_id": row["problem_id"], "target_correct": row["target_correct"],
+              "target_s_per_token": row["target_s_per_token"]} for row in problems for step in row["steps"]]
+    labels = [s["label"] for s in steps]
+    counts = {"problems": len(problems), "target_right": sum(r["target_correct"] for r in problems),
+              "steps": len(steps), "harmful": labels.count("harmful"), "rescue": labels.count("rescue"),
+              "neutral": labels.count("neutral"), "identical": sum(s["identical"] for s in steps),
+              "says_same": sum(s["says_same"] for s in steps)}
+    return steps, counts
+
+
 def thresholds_from_study(problems: list[dict], profile: Profile, max_harm: float, probe=None,
                           seed: int = 0) -> tuple[dict[str, float], str, dict]:
     """τ per verifier for `max_harm`, the default verifier, and the dev-slice figures behind them."""
     from . import probe as probes
-    from .study_report import study_table
 
     steps, counts = study_table(problems)
     steps = [step for step in steps if not step["sampled"]]

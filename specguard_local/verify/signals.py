@@ -45,7 +45,7 @@ class Profile:
                                             # docs/measurements.md: stretches the draft's signals kept unread
                                             # lost 2 of 8 answers on the F16 target)
     draft_p_min: float = 0.7        # salvage: the draft stops once its own odds of the whole stretch fall below this
-    check_logprob_min: float = -3.0  # checking a student's step: doubtful below this target min token log-prob
+    check_logprob_min: float = -3.0  # checking a student's step: doubtful below this min log-prob of its maths tokens
     draft: str = ""
     target: str = ""
     notes: dict = field(default_factory=dict)

@@ -5,9 +5,10 @@ prompt:
   - the target reads the whole solution in one batched pass, with logits at every position: per step its min and
     mean token log-prob and the judge's geometric-mean probability (the scores of `stage.read_step`);
   - the draft reads it the same way with its attention captured: per step the paper's LPBV, ABGV and r (`signals`).
-A step is *doubtful* when the target's min token log-prob in it falls below the profile's `check_logprob_min`: a
-changed number or operation is a token the target would not have written, and the study ranks the target's own
-reading of a step above the draft's signals. The first doubtful step is named, and the hint is the target's own
+A step is *doubtful* when the target's min log-prob over the step's *maths tokens* (those holding a digit or one
+of = + - * / × ÷ ^ %) falls below the profile's `check_logprob_min`: a changed number or operation is a token the
+target would not have written, while a student's own wording is not an error (over all tokens, "In April, Natalia
+sold 48 clips." was doubtful only because the target opens otherwise). A step without maths tokens is not judged. The first doubtful step is named, and the hint is the target's own
 next step, written greedily from the last step before it.
 """
 
@@ -25,6 +26,7 @@ from .signals import Grounding, Profile
 
 MAX_STEPS = 64
 HINT_TOKENS = 160
+MATHS = set("0123456789=+-*/×÷^%")
 
 
 @dataclass
@@ -81,13 +83,15 @@ def check_solution(rt: PairRuntime, prompt: list[int], steps: list[str], profile
     for index, (text, piece) in enumerate(zip(steps, pieces)):
         end = start + len(piece)
         target_lp = [token_logprob(target_logits[i], token) for i, token in zip(range(start, end), piece)]
+        maths_lp = [lp for lp, token in zip(target_lp, piece) if MATHS & set(model.detokenize([token]))]
         drawn = [logprob_and_entropy(draft_logits[i], token) for i, token in zip(range(start, end), piece)]
         step = Candidate(seq=0, tokens=piece, logprobs=[lp for lp, _ in drawn], entropies=[h for _, h in drawn],
                          rows={layer: list(rows[layer][start:end]) for layer in layers})
-        scores = {"target_logprob_min": float(min(target_lp)), "target_logprob_mean": float(np.mean(target_lp)),
+        scores = {"maths_logprob_min": float(min(maths_lp, default=0.0)),
+                  "target_logprob_min": float(min(target_lp)), "target_logprob_mean": float(np.mean(target_lp)),
                   "judge": float(np.exp(np.mean(target_lp))), **grounding.signals(step, profile)}
         grounding.absorb(step)
-        checks.append(StepCheck(index, text, scores["target_logprob_min"] < threshold, scores))
+        checks.append(StepCheck(index, text, scores["maths_logprob_min"] < threshold, scores))
         start = end
 
     first = next((check.index for check in checks if check.doubtful), None)
