@@ -207,7 +207,7 @@ def stats_line(stats: dict) -> str:
                   f"accepted per drafting round {stats['accepted_len_mean']:.2f}"]
     elif stats["acceptance_rate"] is not None:
         parts += [f"draft steps accepted {stats['acceptance_rate']:.0%}",
-                  f"target wrote {stats['target_call_fraction']:.0%} of the tokens"]
+                  f"the target wrote or read {stats['target_call_fraction']:.0%} of the tokens"]
     kept = stats.get("kept")
     if kept:
         parts.append(f"kept by the verifier {kept['kept_whole']} tokens, salvaged {kept['salvaged']}, target's own "
