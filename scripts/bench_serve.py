@@ -5,7 +5,9 @@ the same GSM8K questions are sent by that many clients at once (each takes the n
 in). Reported per setting: total completion tokens/s, mean and worst request latency, and tokens/s relative to
 one client of the same method in the same repeat. With `--llama-server PATH` (a `llama-server` binary built from
 the pinned sdist), llama.cpp's own server with `-np 4` on the target model answers the same requests as the anchor.
-With `--repeats R` every setting runs R times, interleaved (both servers stay up), and the report gives medians.
+With `--in-process`, the same questions are also answered one after another in this process by `api.solve` on a
+loaded `Runtime` (no server): the anchor for one client (`serve` must reach ≥ 0.97× of it). With `--repeats R` every
+setting runs R times, interleaved (the servers stay up), and the report gives medians.
 
     python scripts/bench_serve.py [--requests 8] [--max-tokens 128] [--repeats 1] [--out scripts/results/serve]
 """
@@ -28,10 +30,11 @@ from statistics import median
 
 import openai
 
-from specguard_local import models
+from specguard_local import api, models
 from specguard_local.bench import machine
 from specguard_local.datasets import load_problems
 from specguard_local.engine import available_cores
+from specguard_local.runtime import Runtime, RuntimeConfig
 
 
 def free_port() -> int:
@@ -98,6 +101,20 @@ def run_clients(port: int, model: str, questions: list[str], n_clients: int, max
             "latency_max_s": max(latencies)}
 
 
+def run_in_process(rt, method: str, questions: list[str], max_tokens: int) -> dict:
+    """The same questions answered one after another in this process, timed like one client of a server."""
+    latencies, tokens = [], 0
+    begin = time.perf_counter()
+    for question in questions:
+        start = time.perf_counter()
+        result = api.solve(question, method, rt, max_tokens=max_tokens)
+        tokens += result.stats["tokens"]
+        latencies.append(time.perf_counter() - start)
+    wall = time.perf_counter() - begin
+    return {"clients": 1, "requests": len(questions), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "latency_mean_s": sum(latencies) / len(latencies), "latency_max_s": max(latencies)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=8, help="GSM8K test questions per setting")
@@ -105,6 +122,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,2,4")
     parser.add_argument("--methods", default="target,specguard")
     parser.add_argument("--llama-server", help="path to llama.cpp's llama-server binary (the anchor)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="also answer the questions in this process, one after another (the one-client anchor)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every setting this many times, interleaved; the report gives medians")
     parser.add_argument("--out", default="scripts/results/serve")
@@ -122,11 +141,17 @@ def main() -> None:
                     for method in (args.methods.split(",") if name == "specguard-local" else ["target"])]
         for name, method in settings:
             run_clients(servers[name][1], method, questions[:1], 1, 16)  # warm-up
+        if args.in_process:
+            rt = Runtime(RuntimeConfig())
+            settings += [("in-process", method) for method in args.methods.split(",")]
+            for method in args.methods.split(","):
+                run_in_process(rt, method, questions[:1], 16)  # warm-up
         for repeat in range(args.repeats):  # interleaved: every setting once per repeat
             for name, method in settings:
-                for n in clients:
-                    rows.append({"server": name, "method": method, "repeat": repeat,
-                                 **run_clients(servers[name][1], method, questions, n, args.max_tokens)})
+                for n in clients if name != "in-process" else [1]:
+                    run = (run_in_process(rt, method, questions, args.max_tokens) if name == "in-process" else
+                           run_clients(servers[name][1], method, questions, n, args.max_tokens))
+                    rows.append({"server": name, "method": method, "repeat": repeat, **run})
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         for process, _ in servers.values():
@@ -136,18 +161,25 @@ def main() -> None:
         one = next(r for r in rows if (r["server"], r["method"], r["repeat"], r["clients"])
                    == (row["server"], row["method"], row["repeat"], 1))
         row["throughput_vs_1_client"] = row["tokens_per_s"] / one["tokens_per_s"]
+        anchor = next((r for r in rows if (r["server"], r["method"], r["repeat"])
+                       == ("in-process", row["method"], row["repeat"])), None)
+        if anchor is not None and row["clients"] == 1:
+            row["vs_in_process"] = row["tokens_per_s"] / anchor["tokens_per_s"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "max_tokens": args.max_tokens}
     (out / "rows.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| server | method | clients | tokens/s | vs 1 client (each repeat) | mean latency (s) | "
-             "worst latency (s) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| server | method | clients | tokens/s | vs 1 client (each repeat) | 1 client vs in-process (each repeat) "
+             "| mean latency (s) | worst latency (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for key in dict.fromkeys((r["server"], r["method"], r["clients"]) for r in rows):
         runs = [r for r in rows if (r["server"], r["method"], r["clients"]) == key]
         ratios = ", ".join(f"{r['throughput_vs_1_client']:.2f}×" for r in runs)
+        anchored = [r["vs_in_process"] for r in runs if "vs_in_process" in r]
+        vs_anchor = (f"**{median(anchored):.2f}×** ({', '.join(f'{a:.2f}×' for a in anchored)})" if anchored
+                     else "–")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {median(r['tokens_per_s'] for r in runs):.1f} | "
-                     f"**{median(r['throughput_vs_1_client'] for r in runs):.2f}×** ({ratios}) | "
+                     f"**{median(r['throughput_vs_1_client'] for r in runs):.2f}×** ({ratios}) | {vs_anchor} | "
                      f"{median(r['latency_mean_s'] for r in runs):.1f} | {max(r['latency_max_s'] for r in runs):.1f} |")
     (out / "report.md").write_text(f"# Serving throughput\n\n`{meta['command']}` · {meta['date']} · "
                                    f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores\n\n"

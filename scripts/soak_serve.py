@@ -10,7 +10,10 @@ sent alone afterwards (must be 0); the server's resident memory at start, after 
 at the end (must be all); p50 / p95 latency of completed requests.
 
     python scripts/soak_serve.py [--clients 8] [--requests 500] [--parallel 4] [--queue 8] [--max-tokens 32] \
-        [--out scripts/results/soak]
+        [--out scripts/results/soak] [-- --deterministic]
+
+Answers equal their solo answers only when the server runs with `--deterministic`: merged decodes change llama.cpp's
+numerics (`batching`), so without it a few greedy answers take the other side of a near-tie under load.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ class Report:
     solo_checked: int = 0
     rss_mib: dict = field(default_factory=dict)
     slots: int = 0
+    deterministic: bool = False   # the server never merged one request's decodes with another's
     free_slots_at_end: int = 0
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
@@ -179,6 +183,7 @@ def soak(port: int, pid: int | None, clients: int, requests: int, max_tokens: in
         time.sleep(0.2)
     health = get(port, "/health")
     report.slots, report.free_slots_at_end = health["slots"], health["slots"] - health["running"]
+    report.deterministic = health.get("deterministic", False)
     if pid:
         report.rss_mib["end"] = resident_mib(pid)
     latencies = sorted(o.latency_s for o in outcomes if o.kind == "completed")

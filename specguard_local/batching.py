@@ -9,7 +9,12 @@ between decodes is serialised by the GIL anyway), then runs them:
     merged per context into one batch, ordered by sequence, which is also the order the attention hook sees their
     rows in — each call gets back its own logits and captured rows;
   - any other call (a prompt prefill, a verifier reading a whole step) runs alone, still in the same round.
-A request that joins later simply takes part in the next round. Every llama.cpp call on a shared context (decode,
+A request that joins later simply takes part in the next round. With `merge=False` (`serve --deterministic`) every
+call runs alone, still in rounds: then each request's answer is bit for bit the one it gets alone, because
+llama.cpp's CPU kernels for repacked Q4_K weights compute a row differently in a batch of several rows (groups of 4
+rows take a GEMM, the rest a GEMV) — measured: greedy text of a merged request diverges from its solo text within
+40 tokens, and with the repacking off (`use_extra_bufts = false`) merged rows are bit-identical but one request
+decodes at 0.67× the speed. Not merging costs what merging buys: 1.3× the tokens/s at 4 requests on 2 cores. Every llama.cpp call on a shared context (decode,
 KV roll-back, fork, context creation) happens under the batcher's one lock, so none runs beside a decode.
 
 Why one thread runs every decode: llama.cpp's CPU backend spreads a decode over an OpenMP team that belongs to the
@@ -17,7 +22,9 @@ calling thread and spins for a while after the decode ends. When each round ran 
 last, up to one spinning team per request competed with the next round's decode. Measured in one process on 2 cores
 (4 GSM8K questions x 100 target tokens): one after another 7.9 tok/s; together, rounds on the request threads 10.9
 (1.31x); the same with OMP_WAIT_POLICY=PASSIVE, where idle teams sleep, 12.1 (1.60x, but one request alone then
-decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to one.
+decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to one. It must stay
+one: in a process whose main thread had decoded first, the decoding thread's decodes took 20-35% longer (measured
+2026-12-02, 2 cores; a fresh process: no difference from in-process decoding), so `serve` decodes nowhere else.
 
 A request's own clock (`RequestClock`) is wall time less what it spent waiting for other requests: the time
 between handing a decode to the batcher and getting it back, less its share (by tokens) of the decode it took part
@@ -63,7 +70,8 @@ class Batcher:
     """Runs the pending decode calls of all running requests, once every one of them is waiting, on its one decoding
     thread (started with the first request, gone when none is left)."""
 
-    def __init__(self):
+    def __init__(self, merge: bool = True):
+        self.merge = merge
         self.lock = threading.Condition(threading.RLock())
         self._running = 0
         self._pending: list[_Call] = []
@@ -106,7 +114,7 @@ class Batcher:
                     continue
                 calls, self._pending = self._pending, []
                 try:
-                    _run_round(calls)
+                    _run_round(calls, self.merge)
                 finally:
                     for call in calls:
                         call.done = True
@@ -114,15 +122,15 @@ class Batcher:
             self._worker = None
 
 
-def _run_round(calls: list[_Call]) -> None:
+def _run_round(calls: list[_Call], merge: bool) -> None:
     """Per context: the mergeable calls in batches of up to n_batch tokens, then every other call alone."""
     for ctx in {id(c.ctx): c.ctx for c in calls}.values():
         group = [c for c in calls if c.ctx is ctx]
-        merged = sorted((c for c in group if c.mergeable), key=lambda c: min(c.seqs))
+        merged = sorted((c for c in group if merge and c.mergeable), key=lambda c: min(c.seqs))
         for chunk in _chunks(merged, ctx.n_batch):
             _decode_together(ctx, chunk)
         for call in group:
-            if not call.mergeable:
+            if not (merge and call.mergeable):
                 _decode_together(ctx, [call])
 
 

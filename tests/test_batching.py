@@ -22,13 +22,13 @@ def pair(tmp_path_factory):
         yield pair.rt, Options(max_tokens=48, max_step_tokens=12, profile=str(pair.profile), adapt=False)
 
 
-def run_together(rt, jobs, batcher, n_slots, stops=None):
+def run_together(rt, jobs, batcher, n_slots, stops=None, n_seq=1):
     """Each (method, question) in its own thread and slot; returns every answer's steps (or the exception)."""
     results = [None] * len(jobs)
     stops = stops or [threading.Event() for _ in jobs]
 
     def work(slot, method, question, opts):
-        slot_rt = SlotRuntime(rt, batcher, slot, n_slots, 1, stops[slot])
+        slot_rt = SlotRuntime(rt, batcher, slot, n_slots, n_seq, stops[slot])
         try:
             with batcher.request():
                 results[slot] = list(api.generate(slot_rt, rt.prompt_tokens(question), method, opts))
@@ -72,6 +72,27 @@ def test_merged_requests_get_the_answers_they_get_alone(pair, monkeypatch):
         assert [s.text for s in merged] == [s.text for s in solo]
         assert [s.verdict for s in merged] == [s.verdict for s in solo]
         assert [s.scores.get("r") for s in merged] == pytest.approx([s.scores.get("r") for s in solo])
+
+
+def test_unmerged_rounds_never_mix_two_requests_in_one_decode(pair, monkeypatch):
+    """`serve --deterministic`: requests still take turns in rounds, but each decode holds one request's
+    sequences, so nothing about a request's batches depends on the others."""
+    rt, opts = pair
+    jobs = [("target", QUESTIONS[0], opts), ("specguard", QUESTIONS[1], opts), ("sd", QUESTIONS[2], opts)]
+    alone = [list(api.stream(rt, question, method, opts)) for method, question, opts in jobs]
+    owners = []
+    real_decode = engine.ll.llama_decode
+
+    def recorded(ctx, batch):
+        owners.append({batch.seq_id[i][0] // 2 for i in range(batch.n_tokens)})  # slot of each sequence (n_seq 2)
+        return real_decode(ctx, batch)
+
+    monkeypatch.setattr(engine.ll, "llama_decode", recorded)
+    together = run_together(rt, jobs, Batcher(merge=False), n_slots=3, n_seq=2)
+    assert owners and all(len(slots) == 1 for slots in owners)
+    assert len({next(iter(slots)) for slots in owners}) == 3  # all three requests decoded
+    for solo, unmerged in zip(alone, together):
+        assert [s.text for s in unmerged] == [s.text for s in solo]
 
 
 def test_a_stopped_request_ends_and_the_others_go_on(pair):

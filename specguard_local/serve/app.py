@@ -42,10 +42,11 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, api_key: str | None = None,
-               defaults: Options = Options()) -> Starlette:
+               defaults: Options = Options(), deterministic: bool = False) -> Starlette:
     """The app on a loaded pair: `parallel` requests decode together, `queue` more may wait; requests may ask for
-    up to `max_k` candidates per step; `defaults` are the options a request does not set."""
-    scheduler = Scheduler(rt, parallel, queue, max_k)
+    up to `max_k` candidates per step; `defaults` are the options a request does not set; `deterministic`: no
+    request's decodes are merged with another's, so each answer is the one it gets alone (`batching`)."""
+    scheduler = Scheduler(rt, parallel, queue, max_k, merge=not deterministic)
 
     def error(exc: RequestError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -58,6 +59,7 @@ def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "shutting down" if scheduler.closing else "ok", "slots": parallel,
                              "running": len(scheduler.running), "waiting": scheduler.waiting,
+                             "deterministic": deterministic,
                              "draft": rt.ids["draft"], "target": rt.ids["target"]})
 
     async def models(request: Request) -> JSONResponse:
@@ -252,8 +254,8 @@ class _Server(uvicorn.Server):
 
 
 def serve(rt: Runtime, host: str, port: int, parallel: int, queue: int, max_k: int, api_key: str | None,
-          defaults: Options) -> None:
+          defaults: Options, deterministic: bool = False) -> None:
     """Serve until SIGINT / SIGTERM."""
-    app = create_app(rt, parallel, queue, max_k, api_key, defaults)
+    app = create_app(rt, parallel, queue, max_k, api_key, defaults, deterministic)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
     _Server(config, app.state.scheduler).run()

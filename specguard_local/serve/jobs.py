@@ -32,9 +32,9 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, rt: Runtime, parallel: int, queue: int, max_k: int):
+    def __init__(self, rt: Runtime, parallel: int, queue: int, max_k: int, merge: bool = True):
         self.rt, self.parallel, self.queue, self.max_k = rt, parallel, queue, max_k
-        self.batcher = Batcher()
+        self.batcher = Batcher(merge)
         self.slots: asyncio.Queue[int] = asyncio.Queue()
         for slot in range(parallel):
             self.slots.put_nowait(slot)
