@@ -143,7 +143,8 @@ def main() -> None:
             run_clients(servers[name][1], method, questions[:1], 1, 16)  # warm-up
         if args.in_process:
             rt = Runtime(RuntimeConfig())
-            settings += [("in-process", method) for method in args.methods.split(",")]
+            settings = [("in-process", method) for method in args.methods.split(",")] + settings  # first: before
+            # any server has decoded, so no server's idle threads still spin beside it
             for method in args.methods.split(","):
                 run_in_process(rt, method, questions[:1], 16)  # warm-up
         for repeat in range(args.repeats):  # interleaved: every setting once per repeat

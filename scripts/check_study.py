@@ -11,7 +11,8 @@ doubtful; `verify.solution`) for "this step is
 the corrupted one" over every step of the flawed solutions; how often the first doubtful step is exactly the
 corrupted one (by corruption kind); the share of unchanged solutions with any false alarm; and, for the threshold
 chosen in the middle of the range whose first doubtful step is most often the corrupted one while its false-alarm
-share on unchanged solutions stays within --max-false-alarms, the same figures at that threshold. Rows are appended to OUT/rows.jsonl as problems finish (resumable).
+share on unchanged solutions stays within --max-false-alarms, the same figures at that threshold, and held out
+(chosen on every other problem, measured on the rest, both ways round). Rows are appended to OUT/rows.jsonl as problems finish (resumable).
 
     python scripts/check_study.py --offset 1000 --limit 200 --out scripts/results/check-study
 """
@@ -96,19 +97,29 @@ def figures(rows: list[dict], threshold: float) -> dict:
             if unchanged else None}
 
 
-def report(rows: list[dict], max_false_alarms: float) -> dict:
-    flawed = [r for r in rows if r["kind"] != "unchanged"]
-    positive = [-r["scores"][r["corrupted"]] for r in flawed]
-    negative = [-s for r in flawed for i, s in enumerate(r["scores"]) if i != r["corrupted"]]
-    # the thresholds whose first doubtful step is most often the corrupted one, among those whose false alarms on
-    # unchanged solutions stay within the bound; the middle of their range, away from both edges of the data
+def choose_threshold(rows: list[dict], max_false_alarms: float) -> float:
+    """The middle of the range of thresholds whose first doubtful step is most often the corrupted one, among those
+    whose false alarms on unchanged solutions stay within the bound (away from both edges of the data)."""
     candidates = sorted({score for row in rows for score in row["scores"]} | {0.0})
     hits = {t: figures(rows, t) for t in candidates}
     allowed = [t for t in candidates if (hits[t]["false_alarm_share"] or 0.0) <= max_false_alarms]
     best = max((hits[t]["first_doubtful_is_corrupted"] or 0.0 for t in allowed), default=0.0)
     tied = [t for t in allowed if (hits[t]["first_doubtful_is_corrupted"] or 0.0) == best] or candidates[:1]
-    threshold = (min(tied) + max(tied)) / 2
-    return {"auroc_corrupted_step": auroc(positive, negative), "chosen": figures(rows, threshold),
+    return (min(tied) + max(tied)) / 2
+
+
+def report(rows: list[dict], max_false_alarms: float) -> dict:
+    """Figures at the threshold chosen on all rows, and held out: chosen on every other problem, measured on the
+    rest (both ways round), so the shipped threshold's figures are not only the ones it was fitted to."""
+    flawed = [r for r in rows if r["kind"] != "unchanged"]
+    positive = [-r["scores"][r["corrupted"]] for r in flawed]
+    negative = [-s for r in flawed for i, s in enumerate(r["scores"]) if i != r["corrupted"]]
+    problems = sorted({r["problem_id"] for r in rows})
+    halves = [[r for r in rows if problems.index(r["problem_id"]) % 2 == side] for side in (0, 1)]
+    held_out = [figures(halves[1 - side], choose_threshold(halves[side], max_false_alarms)) for side in (0, 1)
+                if halves[0] and halves[1]]
+    return {"auroc_corrupted_step": auroc(positive, negative),
+            "chosen": figures(rows, choose_threshold(rows, max_false_alarms)), "held_out": held_out,
             "profile_default": figures(rows, rows[0]["profile_threshold"]) if rows else None,
             "max_false_alarms": max_false_alarms}
 
