@@ -5,8 +5,9 @@ the same GSM8K questions are sent by that many clients at once (each takes the n
 in). Reported per setting: total completion tokens/s, mean and worst request latency, and tokens/s relative to
 one client of the same method in the same repeat. With `--llama-server PATH` (a `llama-server` binary built from
 the pinned sdist), llama.cpp's own server with `-np 4` on the target model answers the same requests as the anchor.
-With `--in-process`, the same questions are also answered one after another in this process by `api.solve` on a
-loaded `Runtime` (no server): the anchor for one client (`serve` must reach ≥ 0.97× of it). With `--repeats R` every
+With `--in-process`, one client of `specguard-local serve` alternates question by question with the same question
+answered in this process by `api.solve` on a loaded `Runtime` (no server): the anchor for one client, measured so
+that the machine's drift hits both alike. With `--repeats R` every
 setting runs R times, interleaved (the servers stay up), and the report gives medians.
 
     python scripts/bench_serve.py [--requests 8] [--max-tokens 128] [--repeats 1] [--out scripts/results/serve]
@@ -101,18 +102,32 @@ def run_clients(port: int, model: str, questions: list[str], n_clients: int, max
             "latency_max_s": max(latencies)}
 
 
-def run_in_process(rt, method: str, questions: list[str], max_tokens: int) -> dict:
-    """The same questions answered one after another in this process, timed like one client of a server."""
-    latencies, tokens = [], 0
-    begin = time.perf_counter()
-    for question in questions:
-        start = time.perf_counter()
-        result = api.solve(question, method, rt, max_tokens=max_tokens)
-        tokens += result.stats["tokens"]
-        latencies.append(time.perf_counter() - start)
-    wall = time.perf_counter() - begin
-    return {"clients": 1, "requests": len(questions), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "latency_mean_s": sum(latencies) / len(latencies), "latency_max_s": max(latencies)}
+def run_in_process(rt, method: str, question: str, max_tokens: int) -> dict:
+    """One question answered in this process by `api.solve`, timed like one request to a server."""
+    start = time.perf_counter()
+    tokens = api.solve(question, method, rt, max_tokens=max_tokens).stats["tokens"]
+    wall = time.perf_counter() - start
+    return {"clients": 1, "requests": 1, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "latency_mean_s": wall, "latency_max_s": wall}
+
+
+def combined(runs: list[dict]) -> dict:
+    """Runs of one request each, one after another, as one run of one client."""
+    tokens, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
+    return {"clients": 1, "requests": len(runs), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "latency_mean_s": wall / len(runs), "latency_max_s": max(r["wall_s"] for r in runs)}
+
+
+def run_paired(rt, port: int, method: str, questions: list[str], max_tokens: int, flip: bool) -> tuple[dict, dict]:
+    """One client of the server and in-process decoding, question by question in alternation (which goes first
+    alternates too), so that the machine's drift over minutes hits both alike."""
+    served, local = [], []
+    for index, question in enumerate(questions):
+        pair = [lambda: served.append(run_clients(port, method, [question], 1, max_tokens)),
+                lambda: local.append(run_in_process(rt, method, question, max_tokens))]
+        for run in pair[::-1] if (index + flip) % 2 else pair:
+            run()
+    return combined(served), combined(local)
 
 
 def main() -> None:
@@ -141,18 +156,19 @@ def main() -> None:
                     for method in (args.methods.split(",") if name == "specguard-local" else ["target"])]
         for name, method in settings:
             run_clients(servers[name][1], method, questions[:1], 1, 16)  # warm-up
-        if args.in_process:
-            rt = Runtime(RuntimeConfig())
-            settings = [("in-process", method) for method in args.methods.split(",")] + settings  # first: before
-            # any server has decoded, so no server's idle threads still spin beside it
-            for method in args.methods.split(","):
-                run_in_process(rt, method, questions[:1], 16)  # warm-up
+        rt = Runtime(RuntimeConfig()) if args.in_process else None
+        for method in args.methods.split(",") if rt else []:
+            run_in_process(rt, method, questions[0], 16)  # warm-up
         for repeat in range(args.repeats):  # interleaved: every setting once per repeat
             for name, method in settings:
-                for n in clients if name != "in-process" else [1]:
-                    run = (run_in_process(rt, method, questions, args.max_tokens) if name == "in-process" else
-                           run_clients(servers[name][1], method, questions, n, args.max_tokens))
-                    rows.append({"server": name, "method": method, "repeat": repeat, **run})
+                for n in clients:
+                    if rt and name == "specguard-local" and n == 1:
+                        served, local = run_paired(rt, servers[name][1], method, questions, args.max_tokens,
+                                                   flip=repeat % 2 == 1)
+                        rows.append({"server": "in-process", "method": method, "repeat": repeat, **local})
+                    else:
+                        served = run_clients(servers[name][1], method, questions, n, args.max_tokens)
+                    rows.append({"server": name, "method": method, "repeat": repeat, **served})
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         for process, _ in servers.values():
