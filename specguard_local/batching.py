@@ -14,7 +14,7 @@ call runs alone, still in rounds: then each request's answer is bit for bit the 
 llama.cpp's CPU kernels for repacked Q4_K weights compute a row differently in a batch of several rows (groups of 4
 rows take a GEMM, the rest a GEMV) — measured: greedy text of a merged request diverges from its solo text within
 40 tokens, and with the repacking off (`use_extra_bufts = false`) merged rows are bit-identical but one request
-decodes at 0.67× the speed. Not merging costs what merging buys: 1.3× the tokens/s at 4 requests on 2 cores. Every llama.cpp call on a shared context (decode,
+decodes at 0.67× the speed. Not merging costs what merging buys: 1.1-1.3× the tokens/s of 4 requests on 2 cores (docs/measurements.md). Every llama.cpp call on a shared context (decode,
 KV roll-back, fork, context creation) happens under the batcher's one lock, so none runs beside a decode.
 
 Why one thread runs every decode: llama.cpp's CPU backend spreads a decode over an OpenMP team that belongs to the

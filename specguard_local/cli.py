@@ -511,7 +511,7 @@ def bench(dataset, limit, offset, methods, grid, out, seed, max_tokens, k, verif
               help="Most candidates per step a request may ask for (sequences held per request).")
 @click.option("--deterministic", is_flag=True,
               help="Never merge one request's decodes with another's: every greedy answer is then bit for bit the "
-                   "answer the same request gets alone, at the cost of what merging buys (1.3x the tokens/s of 4 "
+                   "answer the same request gets alone, at the cost of what merging buys (1.1-1.3x the tokens/s of 4 "
                    "requests on a 2-core CPU). Without it, a near-tie can go the other way under load.")
 @click.option("--api-key", envvar="SPECGUARD_API_KEY", default=None,
               help="Require `Authorization: Bearer KEY` on every request but /health [env SPECGUARD_API_KEY].")
