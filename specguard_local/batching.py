@@ -12,18 +12,17 @@ between decodes is serialised by the GIL anyway), then runs them:
 A request that joins later simply takes part in the next round. With `merge=False` (`serve --deterministic`) every
 call runs alone, still in rounds: then each request's answer is bit for bit the one it gets alone, because
 llama.cpp's CPU kernels for repacked Q4_K weights compute a row differently in a batch of several rows (groups of 4
-rows take a GEMM, the rest a GEMV) — measured: greedy text of a merged request diverges from its solo text within
-40 tokens, and with the repacking off (`use_extra_bufts = false`) merged rows are bit-identical but one request
-decodes at 0.67× the speed. Not merging costs what merging buys: 1.1-1.3× the tokens/s of 4 requests on 2 cores (docs/measurements.md). Every llama.cpp call on a shared context (decode,
-KV roll-back, fork, context creation) happens under the batcher's one lock, so none runs beside a decode.
+rows take a GEMM, the rest a GEMV); turning the repacking off would make merged rows bit-identical but slows a
+lone request, so it stays on (measured: `scripts/batch_invariance.py`, docs/measurements.md). Every llama.cpp call
+on a shared context (decode, KV roll-back, fork, context creation) happens under the batcher's one lock, so none runs beside a decode.
 
 Why one thread runs every decode: llama.cpp's CPU backend spreads a decode over an OpenMP team that belongs to the
 calling thread and spins for a while after the decode ends. When each round ran on whichever request thread came
 last, up to one spinning team per request competed with the next round's decode. Measured in one process on 2 cores
 (4 GSM8K questions x 100 target tokens): one after another 7.9 tok/s; together, rounds on the request threads 10.9
 (1.31x); the same with OMP_WAIT_POLICY=PASSIVE, where idle teams sleep, 12.1 (1.60x, but one request alone then
-decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to one. It must stay
-one: in a process whose main thread had decoded first, the decoding thread's decodes took 20-35% longer (measured
+decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to
+one. It must stay one: in a process whose main thread had decoded first, the decoding thread's decodes took 20-35% longer (measured
 2026-12-02, 2 cores; a fresh process: no difference from in-process decoding), so `serve` decodes nowhere else.
 
 A request's own clock (`RequestClock`) is wall time less what it spent waiting for other requests: the time

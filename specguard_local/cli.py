@@ -520,8 +520,8 @@ def bench(dataset, limit, offset, methods, grid, out, seed, max_tokens, k, verif
 @calibration_options
 @model_options
 @friendly_errors
-def serve(host, port, parallel, queue, max_k, deterministic, api_key, max_tokens, verifier, probe_path, profile, draft, target,
-          models_dir, n_ctx, threads, n_gpu_layers):
+def serve(host, port, parallel, queue, max_k, deterministic, api_key, max_tokens, verifier, probe_path, profile,
+          draft, target, models_dir, n_ctx, threads, n_gpu_layers):
     """Serve the pair over an OpenAI-compatible HTTP API until Ctrl-C.
 
     POST /v1/chat/completions (streamed or not; `model` picks the method: specguard, target, draft, sd, trispec,
