@@ -1,10 +1,11 @@
-"""Requests decoded together: every decoder runs unchanged in its own thread, on its own sequences of shared
-contexts, and the `Batcher` merges the decode calls of all running requests into one `llama_decode` per context.
+"""Requests decoded together: every request's decoder runs unchanged, on its own sequences of shared contexts, and
+the `Batcher` merges the decode calls of all running requests into one `llama_decode` per context.
 
 Each request owns a slot: sequences [slot·n, slot·n + n) of every shared context. Its decoder sees a `SlotContext`,
 which looks like a `Context` of n sequences (local sequence ids, its own capture rows) and sends every decode to the
-batcher. The batcher's one decoding thread waits until every running request is waiting on a decode (Python work
-between decodes is serialised by the GIL anyway), then runs them:
+batcher. Every request runs on the batcher's one decoding thread, as a greenlet of its own: it runs until it asks
+for a decode, then hands the thread to the next request; once every running request waits on a decode, the round
+runs (python work between decodes is serialised by the GIL anyway):
   - calls of one token per sequence with all logits wanted (a drafting or decoding tick of `sample_steps`) are
     merged per context into one batch, ordered by sequence, which is also the order the attention hook sees their
     rows in — each call gets back its own logits and captured rows;
@@ -13,21 +14,18 @@ A request that joins later simply takes part in the next round. With `merge=Fals
 call runs alone, still in rounds: then each request's answer is bit for bit the one it gets alone, because
 llama.cpp's CPU kernels for repacked Q4_K weights compute a row differently in a batch of several rows (groups of 4
 rows take a GEMM, the rest a GEMV); turning the repacking off would make merged rows bit-identical but slows a
-lone request, so it stays on (measured: `scripts/batch_invariance.py`, docs/measurements.md). Every llama.cpp call
-on a shared context (decode, KV roll-back, fork, context creation) happens under the batcher's one lock, so none runs beside a decode.
+lone request, so it stays on (measured: `scripts/batch_invariance.py`, docs/measurements.md).
 
-Why one thread runs every decode: llama.cpp's CPU backend spreads a decode over an OpenMP team that belongs to the
-calling thread and spins for a while after the decode ends. When each round ran on whichever request thread came
-last, up to one spinning team per request competed with the next round's decode. Measured in one process on 2 cores
-(4 GSM8K questions x 100 target tokens): one after another 7.9 tok/s; together, rounds on the request threads 10.9
-(1.31x); the same with OMP_WAIT_POLICY=PASSIVE, where idle teams sleep, 12.1 (1.60x, but one request alone then
-decodes 9% slower); rounds on this one decoding thread 12.0 (1.51x). So the spin stays on and the teams go down to
-one. It must stay one: in a process whose main thread had decoded first, the decoding thread's decodes took 20-35% longer (measured
-2026-12-02, 2 cores; a fresh process: no difference from in-process decoding), so `serve` decodes nowhere else.
+Why one thread runs everything: llama.cpp's CPU backend spreads a decode over an OpenMP team that belongs to the
+calling thread and spins for a while after the decode ends, so decodes from several threads meant several teams
+competing for the cores (in a process whose main thread had decoded first, a second thread's decodes took 20–35%
+longer on 2 cores). With every request a greenlet of one thread there is one team, nothing is handed between
+threads per token, and a request alone runs exactly as in-process decoding does: its python and its decodes on one
+thread. `serve` decodes nowhere else.
 
 A request's own clock (`RequestClock`) is wall time less what it spent waiting for other requests: the time
-between handing a decode to the batcher and getting it back, less its share (by tokens) of the decode it took part
-in. SpecGuard's cost-aware controller reads it, so inside the server it compares its own decoding costs, not the
+between asking for a decode and getting it back, less its share (by tokens) of the decode it took part in.
+SpecGuard's cost-aware controller reads it, so inside the server it compares its own decoding costs, not the
 rounds it shared.
 
 Cancellation: each request has a `stop` event (client gone, stop string seen, server shutting down); its next decode
@@ -38,10 +36,12 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
+import traceback
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
+from greenlet import greenlet
 
 from .cancel import Cancelled
 from .engine import Context
@@ -57,7 +57,6 @@ class _Call:
     logits: np.ndarray | None = None
     rows: dict = field(default_factory=dict)   # capture key -> this call's rows of the last decode
     error: BaseException | None = None
-    done: bool = False
     own_s: float = 0.0                         # this call's share (by tokens) of the decode it took part in
 
     @property
@@ -66,59 +65,55 @@ class _Call:
 
 
 class Batcher:
-    """Runs the pending decode calls of all running requests, once every one of them is waiting, on its one decoding
-    thread (started with the first request, gone when none is left)."""
+    """Runs requests as greenlets of its one decoding thread (started with the first request, gone when none is
+    left), and their pending decode calls together once every one of them is waiting."""
 
     def __init__(self, merge: bool = True):
         self.merge = merge
-        self.lock = threading.Condition(threading.RLock())
-        self._running = 0
-        self._pending: list[_Call] = []
+        self._arrived = threading.Condition()
+        self._inbox: list[Callable[[], None]] = []
         self._worker: threading.Thread | None = None
 
-    @contextmanager
-    def request(self):
-        """A request is running (its decodes are awaited before each round) while inside."""
-        with self.lock:
-            self._running += 1
-            self._start_worker()
-        try:
-            yield
-        finally:
-            with self.lock:
-                self._running -= 1
-                self.lock.notify_all()
+    def run(self, work: Callable[[], None]) -> None:
+        """Start `work()` (one request; it must handle its own exceptions) on the decoding thread; its decodes
+        (`decode`) join the rounds of the requests already running."""
+        with self._arrived:
+            self._inbox.append(work)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="specguard-decode", daemon=True)
+                self._worker.start()
+            self._arrived.notify()
 
     def decode(self, call: _Call) -> _Call:
-        with self.lock:
-            self._pending.append(call)
-            self._start_worker()
-            self.lock.notify_all()
-            while not call.done:
-                self.lock.wait()
+        """From inside a request: wait for the round that runs `call` (the thread meanwhile runs the others)."""
+        decoding_thread = greenlet.getcurrent().parent
+        if decoding_thread is None:
+            raise RuntimeError("a slot decodes only inside Batcher.run")
+        decoding_thread.switch(call)
         if call.error is not None:
             raise call.error
         return call
 
-    def _start_worker(self) -> None:
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="specguard-decode", daemon=True)
-            self._worker.start()
-
     def _work(self) -> None:
-        with self.lock:
-            while self._running or self._pending:
-                if not self._pending or len(self._pending) < self._running:
-                    self.lock.wait()
-                    continue
-                calls, self._pending = self._pending, []
+        waiting: list[tuple[greenlet, _Call]] = []
+        while True:
+            with self._arrived:
+                if not self._inbox and not waiting:
+                    self._worker = None
+                    return
+                arrived, self._inbox = self._inbox, []
+            turns = [request for request, _ in waiting] + [greenlet(work) for work in arrived]
+            waiting = []
+            for request in turns:  # each runs until it asks for a decode (switches back here) or ends
                 try:
-                    _run_round(calls, self.merge)
-                finally:
-                    for call in calls:
-                        call.done = True
-                    self.lock.notify_all()
-            self._worker = None
+                    call = request.switch()
+                except Exception:  # a request's own fault, which it should have handled: it ends, the rest go on
+                    traceback.print_exc()
+                    continue
+                if not request.dead:
+                    waiting.append((request, call))
+            if waiting:
+                _run_round([call for _, call in waiting], self.merge)
 
 
 def _run_round(calls: list[_Call], merge: bool) -> None:
@@ -214,12 +209,10 @@ class SlotContext(Context):
         return call.logits
 
     def truncate(self, seq: int, n_keep: int) -> None:
-        with self.batcher.lock:
-            self.shared.truncate(self.base + seq, n_keep)
+        self.shared.truncate(self.base + seq, n_keep)
 
     def fork(self, src: int, dsts) -> None:
-        with self.batcher.lock:
-            self.shared.fork(self.base + src, [self.base + d for d in dsts])
+        self.shared.fork(self.base + src, [self.base + d for d in dsts])
 
     def clear(self) -> None:
         for seq in range(self.n_seq):

@@ -116,8 +116,7 @@ class SlotRuntime:
         if n_seq > self.n_seq:
             raise SpecGuardError(f"{n_seq} candidates per step need {n_seq} sequences per request; the server has "
                                  f"{self.n_seq} (start it with --max-k {n_seq})")
-        with self.batcher.lock:
-            shared = self.shared.context(role, self.n_slots * self.n_seq, layers, hidden)
+        shared = self.shared.context(role, self.n_slots * self.n_seq, layers, hidden)  # on the decoding thread
         ctx = SlotContext(shared, self.batcher, self.slot * self.n_seq, self.n_seq, self.stop, self.clock)
         ctx.clear()
         return Session(ctx)

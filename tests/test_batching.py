@@ -2,6 +2,7 @@
 answer it gets alone — its own logits, its own attention rows (SpecGuard's grounding and verdicts depend on them),
 its own KV sequences — while their decode calls are merged."""
 
+import functools
 import threading
 
 import pytest
@@ -23,23 +24,24 @@ def pair(tmp_path_factory):
 
 
 def run_together(rt, jobs, batcher, n_slots, stops=None, n_seq=1):
-    """Each (method, question) in its own thread and slot; returns every answer's steps (or the exception)."""
+    """Each (method, question) in its own slot, all on the batcher's decoding thread; returns every answer's steps
+    (or the exception)."""
     results = [None] * len(jobs)
     stops = stops or [threading.Event() for _ in jobs]
+    done = [threading.Event() for _ in jobs]
 
     def work(slot, method, question, opts):
-        slot_rt = SlotRuntime(rt, batcher, slot, n_slots, n_seq, stops[slot])
         try:
-            with batcher.request():
-                results[slot] = list(api.generate(slot_rt, rt.prompt_tokens(question), method, opts))
+            slot_rt = SlotRuntime(rt, batcher, slot, n_slots, n_seq, stops[slot])
+            results[slot] = list(api.generate(slot_rt, rt.prompt_tokens(question), method, opts))
         except Exception as exc:  # handed back to the test
             results[slot] = exc
+        finally:
+            done[slot].set()
 
-    threads = [threading.Thread(target=work, args=(slot, *job)) for slot, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    for slot, job in enumerate(jobs):
+        batcher.run(functools.partial(work, slot, *job))
+    assert all(event.wait(60) for event in done)
     return results
 
 

@@ -1,8 +1,8 @@
-"""Admission and decoding threads: up to `parallel` requests decode together (see `batching`), up to `queue` more
-wait for a slot, beyond that a request is refused with 503.
+"""Admission: up to `parallel` requests decode together (see `batching`), up to `queue` more wait for a slot, beyond
+that a request is refused with 503.
 
-Each admitted request runs its decoder in a thread of its own, on its slot's sequences, and hands every step to the
-event loop as it is produced. A request stops early when its `stop` event is set: by the handler (client gone, stop
+Each admitted request runs its decoder on the batcher's decoding thread, on its slot's sequences, and hands every
+step to the event loop as it is produced. A request stops early when its `stop` event is set: by the handler (client gone, stop
 string), or by `close` (server shutting down); its next decode then raises `Cancelled` and the slot is free again.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -29,6 +30,7 @@ class Job:
     work: Callable[[SlotRuntime], Iterable]
     stop: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)  # ("step", item) … then ("end" | "cancelled" | "error", …)
+    done: threading.Event = field(default_factory=threading.Event)  # its decoder has ended
 
 
 class Scheduler:
@@ -39,7 +41,7 @@ class Scheduler:
         for slot in range(parallel):
             self.slots.put_nowait(slot)
         self.waiting = 0
-        self.running: dict[Job, threading.Thread] = {}
+        self.running: set[Job] = set()
         self.closing = False
 
     async def start(self, job: Job) -> None:
@@ -58,10 +60,9 @@ class Scheduler:
         if self.closing:
             self.slots.put_nowait(slot)
             raise RequestError(503, "the server is shutting down", "server_error", code="shutting_down")
-        thread = threading.Thread(target=self._decode, args=(job, slot, asyncio.get_running_loop()), daemon=True,
-                                  name=f"specguard-slot-{slot}")
-        self.running[job] = thread
-        thread.start()
+        self.running.add(job)
+        loop = asyncio.get_running_loop()
+        self.batcher.run(lambda: self._decode(job, slot, loop))
 
     def _decode(self, job: Job, slot: int, loop: asyncio.AbstractEventLoop) -> None:
         def put(kind, value=None):
@@ -72,9 +73,8 @@ class Scheduler:
 
         rt = SlotRuntime(self.rt, self.batcher, slot, self.parallel, self.max_k, job.stop)
         try:
-            with self.batcher.request():
-                for item in job.work(rt):
-                    put("step", item)
+            for item in job.work(rt):
+                put("step", item)
             put("end")
         except Cancelled:
             put("cancelled")
@@ -84,13 +84,14 @@ class Scheduler:
             traceback.print_exc()
             put("error", RequestError(500, f"decoding failed: {exc}", "server_error"))
         finally:
+            job.done.set()
             try:
                 loop.call_soon_threadsafe(self._release, job, slot)
             except RuntimeError:
                 pass
 
     def _release(self, job: Job, slot: int) -> None:
-        self.running.pop(job, None)
+        self.running.discard(job)
         self.slots.put_nowait(slot)
 
     def close(self) -> None:
@@ -100,7 +101,6 @@ class Scheduler:
             job.stop.set()
 
     def join(self, timeout: float) -> bool:
-        """Wait for the decoding threads to end; True when all did."""
-        for thread in list(self.running.values()):
-            thread.join(timeout)
-        return not any(t.is_alive() for t in self.running.values())
+        """Wait for the running requests' decoders to end; True when all did."""
+        deadline = time.monotonic() + timeout
+        return all(job.done.wait(max(deadline - time.monotonic(), 0.0)) for job in list(self.running))
