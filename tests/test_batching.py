@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from specguard_local import api, engine
-from specguard_local.batching import Batcher
+from specguard_local.batching import Batcher, _Call
 from specguard_local.cancel import Cancelled
 from specguard_local.decoders.options import Options
 from specguard_local.runtime import SlotRuntime
@@ -149,3 +149,9 @@ def test_the_controller_under_concurrent_requests_times_only_its_own_decodes(pai
     assert len(clocks) == 3 and all(clock.waited > 0 for clock in clocks)
     again = list(api.stream(rt, QUESTIONS[0], "specguard", adaptive))  # the shared memory is still sound
     assert again and again[-1].control["adapt"]
+
+
+def test_a_decode_outside_the_decoding_thread_is_refused():
+    # a slot's decode only makes sense as one request among the batcher's; elsewhere it must say so, not hang
+    with pytest.raises(RuntimeError, match="only inside Batcher.run"):
+        Batcher().decode(_Call(None, [1], [0], [0], [True]))
