@@ -64,6 +64,25 @@ def test_probes_come_back_and_stop_after_a_lost_one():
     assert not carried.speculate() and carried.per_token == control.per_token  # a new answer starts target-only
 
 
+def test_a_probe_that_wins_halves_the_wait_instead_of_forgetting_the_losses():
+    control = Controller()
+    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)
+    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)  # loses: S = 0.1 s/token > T = 0.05
+    for lost in range(2):  # two lost probes: the wait is 4 x PROBE_EVERY
+        while not control.speculate():
+            pass
+        control.record_speculative(1.0, 10, 0.0, 0, 0.0, 0, 0.0, 0)
+    assert control.probes_lost == 2
+    while not control.speculate():
+        pass
+    control.record_speculative(0.1, 100, 0.0, 0, 0.0, 0, 0.0, 0)  # a probe that wins (S falls below 1.1 T) …
+    assert control.speculating and control.probes_lost == 1
+    control.record_speculative(10.0, 10, 0.0, 0, 0.0, 0, 0.0, 0)  # … and drafting loses again in the same answer
+    assert not control.speculating
+    calls = [control.speculate() for _ in range(2 * PROBE_EVERY + 1)]
+    assert calls == [False] * 2 * PROBE_EVERY + [True]  # the wait is halved, not back to PROBE_EVERY
+
+
 def test_what_an_answer_hands_on_weighs_little_so_a_slow_one_is_soon_outweighed():
     slow = Controller()
     slow.spec_s, slow.spec_tokens, slow.target_s, slow.target_tokens = 740.0, 1000, 8.7, 100  # 740 vs 87 ms/token

@@ -13,7 +13,9 @@ far was kept, the target writes the next step alone to measure T (what the basel
 speculation loses, the answer continues with target-only steps.
 After `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first prefills what
 the target wrote meanwhile; that one-off catch-up is not counted in S); each probe that leaves S > T doubles the
-wait before the next one, as `sd` backs off its token-level probes.
+wait before the next one, as `sd` backs off its token-level probes, and each probe that wins halves it again rather
+than forgetting every loss: on the default pair a probe that won by a hair lost again within the same answer, and a
+reset to the shortest wait then cost one more probe (a catch-up of the whole answer by the draft) per few answers.
 
 Times come from the request's own clock (`PairRuntime.clock`): in one process the wall clock; inside the server,
 wall time less the waits for other requests' decodes (`batching.RequestClock`), so a request compares its own costs,
@@ -125,7 +127,7 @@ class Controller:
             return
         loses = s > (1 + MARGIN) * t
         if was_probe:
-            self.probes_lost = self.probes_lost + 1 if loses else 0
+            self.probes_lost = self.probes_lost + 1 if loses else max(self.probes_lost - 1, 0)
         if loses:
             self.speculating = False
             self.reason = (f"speculation {s * 1000:.1f} ms/token > {1 + MARGIN:g} × target alone {t * 1000:.1f} "
