@@ -106,13 +106,19 @@ def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir:
 
 def open_run(rt: Runtime, rows_path: Path, opts, meta: dict) -> tuple[Path, list[dict], dict]:
     """Start or resume a run whose rows go to `rows_path`: (rows_path, the rows already there, the run's meta).
-    A run with rows may only go on with the same dataset, models and options (`opts`, any options dataclass)."""
+    A run with rows may only go on with the same dataset, models and options (`opts`, any options dataclass); its
+    meta keeps the first start's date and machine and lists every resumption (date, machine, rows already there)."""
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     rows = read_rows(rows_path)
     meta = run_meta(rt, opts, meta)
+    meta_path = rows_path.parent / META_FILE
     if rows:
-        check_same_setup(rows_path.parent / META_FILE, meta, type(opts))
-    (rows_path.parent / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        check_same_setup(meta_path, meta, type(opts))
+        stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        resumed = {"date": meta["date"], "machine": meta["machine"], "rows_before": len(rows)}
+        meta = {**meta, "date": stored.get("date", meta["date"]), "machine": stored.get("machine", meta["machine"]),
+                "resumed": [*stored.get("resumed", []), resumed]}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return rows_path, rows, meta
 
 

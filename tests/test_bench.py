@@ -69,9 +69,12 @@ def test_rerun_with_a_larger_limit_adds_only_the_new_problems(tiny_runtime, prob
     out = tmp_path / "run"
     bench(tiny_runtime, problems_file, out, limit=1)
     first = (out / "rows.jsonl").read_text()
+    started = json.loads((out / "meta.json").read_text())["date"]
     bench(tiny_runtime, problems_file, out, limit=2)
     assert (out / "rows.jsonl").read_text().startswith(first)
     assert done_pairs(read_rows(out)) == {(m, f"sums-{i}") for m in METHODS for i in range(2)}
+    meta = json.loads((out / "meta.json").read_text())  # where it was resumed stays on record
+    assert meta["date"] == started and [r["rows_before"] for r in meta["resumed"]] == [len(METHODS)]
 
 
 def test_a_cut_last_line_is_repaired_and_redone(tiny_runtime, problems_file, tmp_path):
