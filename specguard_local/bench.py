@@ -113,8 +113,7 @@ def open_run(rt: Runtime, rows_path: Path, opts, meta: dict) -> tuple[Path, list
     meta = run_meta(rt, opts, meta)
     meta_path = rows_path.parent / META_FILE
     if rows:
-        check_same_setup(meta_path, meta, type(opts))
-        stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        stored = check_same_setup(meta_path, meta, type(opts))
         resumed = {"date": meta["date"], "machine": meta["machine"], "rows_before": len(rows)}
         meta = {**meta, "date": stored.get("date", meta["date"]), "machine": stored.get("machine", meta["machine"]),
                 "resumed": [*stored.get("resumed", []), resumed]}
@@ -158,9 +157,9 @@ def machine() -> dict:
             "cores": os.cpu_count()}
 
 
-def check_same_setup(meta_path: Path, meta: dict, options_type=Options) -> None:
-    """Refuse to resume a run whose dataset, models or options differ from this one's. An option added to
-    `options_type` after the run began counts as its default there."""
+def check_same_setup(meta_path: Path, meta: dict, options_type=Options) -> dict:
+    """Refuse to resume a run whose dataset, models or options differ from this one's (an option added to
+    `options_type` after the run began counts as its default there); return the stored meta."""
     stored = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     if "options" in stored:
         stored["options"] = {**json.loads(json.dumps(asdict(options_type()))), **stored["options"]}
@@ -169,6 +168,7 @@ def check_same_setup(meta_path: Path, meta: dict, options_type=Options) -> None:
             raise SpecGuardError(f"{meta_path.parent} holds a run with other {key} "
                                  f"({differences(stored[key], meta.get(key))}); resume it with the same settings "
                                  f"or use another --out")
+    return stored
 
 
 def differences(old, new) -> str:

@@ -2,8 +2,9 @@
 that a request is refused with 503.
 
 Each admitted request runs its decoder on the batcher's decoding thread, on its slot's sequences, and hands every
-step to the event loop as it is produced. A request stops early when its `stop` event is set: by the handler (client gone, stop
-string), or by `close` (server shutting down); its next decode then raises `Cancelled` and the slot is free again.
+step to the event loop as it is produced. A request stops early when its `stop` event is set: by the handler
+(client gone, stop string), or by `close` (server shutting down); its next decode then raises `Cancelled` and the
+slot is free again.
 """
 
 from __future__ import annotations
