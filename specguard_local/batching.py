@@ -74,11 +74,11 @@ class Batcher:
         self._inbox: list[Callable[[], None]] = []
         self._worker: threading.Thread | None = None
 
-    def run(self, work: Callable[[], None]) -> None:
-        """Start `work()` (one request; it must handle its own exceptions) on the decoding thread; its decodes
-        (`decode`) join the rounds of the requests already running."""
+    def run(self, *works: Callable[[], None]) -> None:
+        """Start each `work()` (one request; it must handle its own exceptions) on the decoding thread; their decodes
+        (`decode`) join the rounds of the requests already running. Works given together start in the same round."""
         with self._arrived:
-            self._inbox.append(work)
+            self._inbox.extend(works)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="specguard-decode", daemon=True)
                 self._worker.start()

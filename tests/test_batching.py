@@ -39,8 +39,8 @@ def run_together(rt, jobs, batcher, n_slots, stops=None, n_seq=1):
         finally:
             done[slot].set()
 
-    for slot, job in enumerate(jobs):
-        batcher.run(functools.partial(work, slot, *job))
+    # started together: with one `run` per job, the first could finish on a fast machine before the last arrives
+    batcher.run(*(functools.partial(work, slot, *job) for slot, job in enumerate(jobs)))
     assert all(event.wait(60) for event in done)
     return results
 
