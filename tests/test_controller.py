@@ -4,7 +4,7 @@ does not, on real llama.cpp with tiny random models (a 4-layer draft against a 9
 import pytest
 
 from specguard_local import api
-from specguard_local.decoders.controller import CARRY_TOKENS, PROBE_EVERY, Controller
+from specguard_local.decoders.controller import CARRY_TOKENS, EXPLORE_SHARE, PROBE_EVERY, Controller
 from specguard_local.decoders.options import Options
 from conftest import open_tiny_pair
 
@@ -51,36 +51,52 @@ def test_no_adapt_always_drafts(cheap_draft):
     assert {s.verdict for s in steps} == {"rejected"}
 
 
-def test_probes_come_back_and_stop_after_a_lost_one():
+def losing_controller() -> Controller:
+    """Two drafted steps at S = 0.1 s/token against T = 0.05 measured on the paper loop's rewrites: drafting loses."""
     control = Controller()
     control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)
     control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)
-    calls = [control.speculate() for _ in range(PROBE_EVERY + 1)]  # S = 0.1 s/token > T = 0.05
-    assert calls == [False] * PROBE_EVERY + [True]  # a probe after PROBE_EVERY target-only steps
-    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.2, 0)  # the probe loses too
-    calls = [control.speculate() for _ in range(2 * PROBE_EVERY + 1)]
-    assert calls == [False] * 2 * PROBE_EVERY + [True]  # so the next one waits twice as long
+    assert not control.speculating
+    return control
+
+
+def write_alone(control: Controller, steps: int, seconds: float = 0.5, tokens: int = 10) -> list[bool]:
+    """`steps` steps the target writes alone unless a probe is due; the controller's calls."""
+    calls = []
+    for _ in range(steps):
+        calls.append(control.speculate())
+        if calls[-1]:
+            return calls
+        control.record_target(seconds, tokens, 0.0, 0)
+    return calls
+
+
+def test_a_lost_probe_is_paid_for_from_a_share_of_the_target_s_own_time():
+    control = losing_controller()
+    assert write_alone(control, PROBE_EVERY + 1) == [False] * PROBE_EVERY + [True]  # the first probe is free
+    control.record_speculative(2.0, 10, 0.0, 0, 0.0, 0, 1.0, 0)  # it loses: 2 s (catch-up included) for 10 tokens
+    charged = 2.0 - 10 * control.per_token[1]
+    assert not control.speculating and control.explored_s == pytest.approx(charged) == control.probe_cost
+    # the next probe waits until the target alone has written enough for the share to pay both episodes
+    calls = write_alone(control, 10_000, seconds=0.7)
+    assert calls[-1] and EXPLORE_SHARE * control.alone_s >= 2 * charged > EXPLORE_SHARE * (control.alone_s - 0.7)
     carried = control.next_answer()
     assert not carried.speculate() and carried.per_token == control.per_token  # a new answer starts target-only
+    assert (carried.alone_s, carried.explored_s, carried.probe_cost) == (control.alone_s, control.explored_s,
+                                                                          control.probe_cost)
 
 
-def test_a_probe_that_wins_halves_the_wait_instead_of_forgetting_the_losses():
-    control = Controller()
-    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)
-    control.record_speculative(1.0, 10, 0.5, 10, 0.0, 0, 0.0, 0)  # loses: S = 0.1 s/token > T = 0.05
-    for lost in range(2):  # two lost probes: the wait is 4 x PROBE_EVERY
-        while not control.speculate():
-            pass
-        control.record_speculative(1.0, 10, 0.0, 0, 0.0, 0, 0.0, 0)
-    assert control.probes_lost == 2
-    while not control.speculate():
-        pass
-    control.record_speculative(0.1, 100, 0.0, 0, 0.0, 0, 0.0, 0)  # a probe that wins (S falls below 1.1 T) …
-    assert control.speculating and control.probes_lost == 1
-    control.record_speculative(10.0, 10, 0.0, 0, 0.0, 0, 0.0, 0)  # … and drafting loses again in the same answer
-    assert not control.speculating
-    calls = [control.speculate() for _ in range(2 * PROBE_EVERY + 1)]
-    assert calls == [False] * 2 * PROBE_EVERY + [True]  # the wait is halved, not back to PROBE_EVERY
+def test_a_probe_episode_that_saves_time_pays_for_the_next_probes():
+    control = losing_controller()
+    write_alone(control, PROBE_EVERY + 1)
+    for _ in range(3):  # the probe wins (0.1 s for 100 tokens against T = 0.05 s/token) and drafting goes on
+        control.record_speculative(0.1, 100, 0.0, 0, 0.0, 0, 0.0, 0)
+    assert control.speculating and control.exploring and control.explored_s == pytest.approx(-14.7)
+    control = control.next_answer()  # the next answer goes on drafting, until a slow step makes it lose
+    control.record_speculative(7.0, 10, 0.0, 0, 0.0, 0, 0.0, 0)
+    assert not control.speculating and not control.exploring
+    assert control.explored_s == pytest.approx(-8.2) and control.probe_cost == 0  # the episode saved time …
+    assert write_alone(control, PROBE_EVERY + 1) == [False] * PROBE_EVERY + [True]  # … so the next probe is due
 
 
 def test_what_an_answer_hands_on_weighs_little_so_a_slow_one_is_soon_outweighed():

@@ -11,11 +11,15 @@ later ones in a longer context, and S over a few steps is noisy; on the F16 targ
 drafting at S/T ≈ 1.04 while drafting ran at ≈ 0.75 of the target's time per token); when every drafted step so
 far was kept, the target writes the next step alone to measure T (what the baseline would have done anyway). Once
 speculation loses, the answer continues with target-only steps.
-After `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first prefills what
-the target wrote meanwhile; that one-off catch-up is not counted in S); each probe that leaves S > T doubles the
-wait before the next one, as `sd` backs off its token-level probes, and each probe that wins halves it again rather
-than forgetting every loss: on the default pair a probe that won by a hair lost again within the same answer, and a
-reset to the shortest wait then cost one more probe (a catch-up of the whole answer by the draft) per few answers.
+After at least `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first
+prefills what the target wrote meanwhile). Probes are paid for from a budget, not a fixed schedule: a probe starts an
+episode that lasts until drafting loses again, and the episode is charged what it cost beyond the target writing the
+same tokens (its wall time, the probe's catch-up included, less T × its tokens; negative where it saved time). The
+next probe is due only while the charges so far, plus the last episode's cost, stay within `EXPLORE_SHARE` of the
+time the target spent writing alone. So where drafting never pays, probing costs at most that share of the
+target's time, however long the answers run (on the default pair the old schedule, a wait doubled by each lost
+probe and halved by each won one, spent 4% of the time on 15 probes over GSM8K 0–99, mostly speculative steps
+after a probe won by a hair); where a probe's episode saves time, the savings pay for the next probes at once.
 
 Times come from the request's own clock (`PairRuntime.clock`): in one process the wall clock; inside the server,
 wall time less the waits for other requests' decodes (`batching.RequestClock`), so a request compares its own costs,
@@ -40,6 +44,7 @@ MIN_STEPS = 2
 MARGIN = 0.1
 CARRY_TOKENS = 128  # what one answer hands the next weighs at most this many tokens per rate
 PROBE_EVERY = 8
+EXPLORE_SHARE = 0.01  # probes may cost at most this share of the target's own writing time
 # answers running at once in the server share what they learn (`next_answer` reads another answer's controller
 # while that one may still be recording): one lock for every controller's totals
 _TOTALS = threading.RLock()
@@ -66,9 +71,12 @@ class Controller:
     pending: int = 0             # accepted draft tokens the target has not read yet
     speculating: bool = True
     referenced: bool = False     # the target wrote one step to measure T (every drafted step had been kept)
-    probing: bool = False
     since_probe: int = 0
-    probes_lost: int = 0
+    alone_s: float = 0.0         # seconds the target spent writing steps alone (the probe budget's base)
+    explored_s: float = 0.0      # what probe episodes cost beyond the target alone (negative where they saved)
+    exploring: bool = False      # a probe's episode is running (drafting has not lost since the probe)
+    episode_s: float = 0.0       # the running episode's cost so far
+    probe_cost: float = 0.0      # the last finished episode's cost: what the next probe is expected to spend
     reason: str = ""
 
     @property
@@ -89,9 +97,10 @@ class Controller:
                 return False
             return True
         self.since_probe += 1
-        if self.since_probe <= PROBE_EVERY * 2 ** self.probes_lost:
+        if self.since_probe <= PROBE_EVERY or self.explored_s + self.probe_cost > EXPLORE_SHARE * self.alone_s:
             return False
-        self.since_probe, self.speculating, self.probing = 0, True, True  # decided again right after the probe
+        self.since_probe, self.speculating = 0, True  # decided again right after the probe
+        self.exploring, self.episode_s = True, 0.0
         return True
 
     @_locked
@@ -101,7 +110,6 @@ class Controller:
         it), the target's catch-up prefill, the one-off reads not counted in S (the draft catching up on steps the
         target wrote alone, the target reading the prompt) and how many tokens of the answer the target has not read
         yet (`unread`)."""
-        was_probe, self.probing = self.probing, False
         self.spec_s += seconds - one_off_s
         self.spec_tokens += tokens
         self.spec_steps += 1
@@ -109,7 +117,11 @@ class Controller:
         if caught_up:
             self.prefill_s, self.prefill_tokens = self.prefill_s + catch_up_s, self.prefill_tokens + caught_up
         self.pending = unread
-        self._decide(was_probe)
+        if self.exploring:  # charged in full, catch-up included, against the target writing the same tokens
+            charge = seconds - (self.per_token[1] or 0.0) * tokens
+            self.explored_s += charge
+            self.episode_s += charge
+        self._decide()
 
     @_locked
     def record_target(self, target_s: float, tokens: int, catch_up_s: float, caught_up: int) -> None:
@@ -118,18 +130,18 @@ class Controller:
         if caught_up:
             self.prefill_s, self.prefill_tokens = self.prefill_s + catch_up_s, self.prefill_tokens + caught_up
             self.pending = 0
+        self.alone_s += target_s
         if self.speculating:  # the measuring step: now S and T can be compared
-            self._decide(False)
+            self._decide()
 
-    def _decide(self, was_probe: bool) -> None:
+    def _decide(self) -> None:
         s, t = self.per_token
         if not self.enabled or t is None or self.spec_steps < MIN_STEPS:
             return
-        loses = s > (1 + MARGIN) * t
-        if was_probe:
-            self.probes_lost = self.probes_lost + 1 if loses else max(self.probes_lost - 1, 0)
-        if loses:
+        if s > (1 + MARGIN) * t:
             self.speculating = False
+            if self.exploring:  # the probe's episode ends: its cost is what the next probe is expected to spend
+                self.exploring, self.probe_cost = False, max(self.episode_s, 0.0)
             self.reason = (f"speculation {s * 1000:.1f} ms/token > {1 + MARGIN:g} × target alone {t * 1000:.1f} "
                            f"ms/token")
         else:
@@ -139,13 +151,14 @@ class Controller:
     @_locked
     def next_answer(self) -> "Controller":
         """A controller for the next answer on the same pair and settings: the measured rates and the probe
-        schedule carry over, each rate weighing at most `CARRY_TOKENS` tokens (so one slow answer, say beside
+        budget carry over, each rate weighing at most `CARRY_TOKENS` tokens (so one slow answer, say beside
         another process, cannot outweigh what the next ones measure); it starts target-only when they already say
         that drafting loses."""
         carried = Controller(self.enabled, *_carried(self.spec_s, self.spec_tokens), self.spec_steps,
                              *_carried(self.target_s, self.target_tokens),
                              *_carried(self.prefill_s, self.prefill_tokens), referenced=self.referenced,
-                             since_probe=self.since_probe, probes_lost=self.probes_lost)
+                             since_probe=self.since_probe, alone_s=self.alone_s, explored_s=self.explored_s,
+                             exploring=self.exploring, episode_s=self.episode_s, probe_cost=self.probe_cost)
         s, t = carried.per_token
         carried.speculating = not (self.enabled and s is not None and t is not None and s > (1 + MARGIN) * t)
         carried.reason = self.reason if not carried.speculating else ""
@@ -156,7 +169,8 @@ class Controller:
         s, t = self.per_token
         return {"adapt": self.enabled, "speculating": self.speculating, "mode": "speculate" if self.speculating
                 else "target", "spec_ms_per_token": None if s is None else
-                s * 1000, "target_ms_per_token": None if t is None else t * 1000, "reason": self.reason}
+                s * 1000, "target_ms_per_token": None if t is None else t * 1000, "reason": self.reason,
+                "probes_cost_s": self.explored_s, "target_alone_s": self.alone_s}
 
 
 def _carried(seconds: float, tokens: int) -> tuple[float, int]:
