@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -32,6 +33,8 @@ STAT_KEYS = ("wall_s", "tokens", "tokens_per_s", "steps", "acceptance_rate", "ta
              "accepted_len_mean", "timings", "control", "kept")
 # A run may only be resumed with these unchanged, or its rows would mix settings.
 RESUME_KEYS = ("dataset", "models", "options")
+# What the meta keeps from a run's first start; each resumption lists its own (it may run newer code, fewer methods).
+FIRST_START = ("date", "machine", "code", "methods")
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -107,15 +110,17 @@ def run_bench(rt: Runtime, problems: list[Problem], methods: list[str], out_dir:
 def open_run(rt: Runtime, rows_path: Path, opts, meta: dict) -> tuple[Path, list[dict], dict]:
     """Start or resume a run whose rows go to `rows_path`: (rows_path, the rows already there, the run's meta).
     A run with rows may only go on with the same dataset, models and options (`opts`, any options dataclass); its
-    meta keeps the first start's date and machine and lists every resumption (date, machine, rows already there)."""
+    meta keeps the first start's `FIRST_START` fields and lists every resumption with its own and the rows already
+    there."""
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     rows = read_rows(rows_path)
     meta = run_meta(rt, opts, meta)
     meta_path = rows_path.parent / META_FILE
     if rows:
         stored = check_same_setup(meta_path, meta, type(opts))
-        resumed = {"date": meta["date"], "machine": meta["machine"], "rows_before": len(rows)}
-        meta = {**meta, "date": stored.get("date", meta["date"]), "machine": stored.get("machine", meta["machine"]),
+        resumed = {key: meta[key] for key in FIRST_START if key in meta} | {"rows_before": len(rows)}
+        first = {key: stored[key] for key in FIRST_START if key in stored}
+        meta = {**meta, "code": "unknown", **first,  # "unknown": a run begun before the code was recorded
                 "resumed": [*stored.get("resumed", []), resumed]}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return rows_path, rows, meta
@@ -141,8 +146,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def run_meta(rt: Runtime, opts: Options, meta: dict) -> dict:
-    """What describes this run (command, machine, date, models, options), merged with `meta`, as plain JSON."""
-    described = {"command": shlex.join(sys.argv), "machine": machine(),
+    """What describes this run (command, machine, code, date, models, options), merged with `meta`, as plain JSON."""
+    described = {"command": shlex.join(sys.argv), "machine": machine(), "code": code_version(),
                  "date": datetime.now().astimezone().isoformat(timespec="seconds"),
                  "models": {role: str(path) for role, path in rt.paths.items()}, "options": asdict(opts), **meta}
     return json.loads(json.dumps(described, default=str))
@@ -155,6 +160,22 @@ def machine() -> dict:
     cpu_names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return {"platform": platform.platform(), "cpu": cpu_names[0] if cpu_names else platform.processor() or "unknown",
             "cores": os.cpu_count()}
+
+
+def code_version() -> str:
+    """The commit of the package's own checkout ("+changes" when tracked files differ from it), or "unknown" for an
+    installed package: a run resumed across sessions may run on newer code, and its meta says so."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return "unknown"
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        changed = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if changed else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def check_same_setup(meta_path: Path, meta: dict, options_type=Options) -> dict:

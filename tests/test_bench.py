@@ -75,6 +75,7 @@ def test_rerun_with_a_larger_limit_adds_only_the_new_problems(tiny_runtime, prob
     assert done_pairs(read_rows(out)) == {(m, f"sums-{i}") for m in METHODS for i in range(2)}
     meta = json.loads((out / "meta.json").read_text())  # where it was resumed stays on record
     assert meta["date"] == started and [r["rows_before"] for r in meta["resumed"]] == [len(METHODS)]
+    assert meta["code"] == meta["resumed"][0]["code"] != "unknown"  # the commit each part ran on (this checkout's)
 
 
 def test_a_cut_last_line_is_repaired_and_redone(tiny_runtime, problems_file, tmp_path):
