@@ -7,19 +7,17 @@ Measured per answer, online:
     T = seconds per token of the target writing a step itself (measured on every step the target writes).
 Speculation is predicted to lose when S > (1 + `MARGIN`)·T, once at least `MIN_STEPS` speculative steps and one
 target-written step are measured (the margin: T is often measured on one early step, cheaper than the target's
-later ones in a longer context, and S over a few steps is noisy; on the F16 target one answer in three stopped
-drafting at S/T ≈ 1.04 while drafting ran at ≈ 0.75 of the target's time per token); when every drafted step so
-far was kept, the target writes the next step alone to measure T (what the baseline would have done anyway). Once
-speculation loses, the answer continues with target-only steps.
+later ones in a longer context, and S over a few steps is noisy); when every drafted step so far was kept, the
+target writes the next step alone to measure T (what the baseline would have done anyway). Once speculation loses,
+the answer continues with target-only steps.
 After at least `PROBE_EVERY` target-only steps one speculative step is tried again (a probe: the draft first
 prefills what the target wrote meanwhile). Probes are paid for from a budget, not a fixed schedule: a probe starts an
 episode that lasts until drafting loses again, and the episode is charged what it cost beyond the target writing the
 same tokens (its wall time, the probe's catch-up included, less T × its tokens; negative where it saved time). The
 next probe is due only while the charges so far, plus the last episode's cost, stay within `EXPLORE_SHARE` of the
 time the target spent writing alone. So where drafting never pays, probing costs at most that share of the
-target's time, however long the answers run (on the default pair the old schedule, a wait doubled by each lost
-probe and halved by each won one, spent 4% of the time on 15 probes over GSM8K 0–99, mostly speculative steps
-after a probe won by a hair); where a probe's episode saves time, the savings pay for the next probes at once.
+target's time, however long the answers run (a fixed back-off schedule lost several times that on the default
+pair: docs/measurements.md); where a probe's episode saves time, the savings pay for the next probes at once.
 
 Times come from the request's own clock (`PairRuntime.clock`): in one process the wall clock; inside the server,
 wall time less the waits for other requests' decodes (`batching.RequestClock`), so a request compares its own costs,
@@ -28,10 +26,7 @@ kept in the runtime's memory by verifier settings; each rate weighs at most `CAR
 fresh measurements soon outweigh an old one): once drafting is known not to pay, a new answer starts with the
 target alone and the draft does not even prefill its prompt until a probe is due.
 
-
-On a 2-core CPU with the default pair a draft token costs about half a target token and the target's catch-up
-prefill about a third, so at the acceptance rates measured there S > T and the controller settles on the target;
-with a target several times the draft's cost S < T at far lower acceptance.
+What it chose on the default pair and on the heavier F16 target, and what that cost: docs/measurements.md.
 """
 
 from __future__ import annotations
