@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import socket
 import sys
 import time
@@ -265,49 +264,55 @@ def models_path(spec, models_dir):
 @click.option("--solution", "solution_path", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
               required=True,
               help="The student's solution, one step per paragraph (blank lines between steps); - reads stdin.")
-@click.option("--threshold", type=float, default=None,
-              help="A step is doubtful when the target's least likely token in it has a log-probability below this "
-                   "[default: the profile's check_logprob_min].")
+@click.option("--answer", "key", metavar="NUMBER",
+              help="The right final answer, when you know it (a teacher's key): it then decides whether the solution "
+                   "is wrong, and the target only finds where [default: the target's own answers decide].")
 @click.option("--profile", type=click.Path(dir_okay=False, exists=True),
-              help="Calibration profile [default: the shipped one for the default pair].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: per-step scores and verdicts, "
-                                                      "first_doubtful, hint.")
+              help="Calibration profile: when the target's word flags a step [default: the shipped one].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: each step's verdict, reason and "
+                                                      "evidence, first_doubtful, hint, the answers compared.")
 @model_options
 @friendly_errors
-def check(question, solution_path, threshold, profile, as_json, draft, target, models_dir, n_ctx, threads,
-          n_gpu_layers):
-    """Check a student's own solution to QUESTION step by step: which steps look right, the first doubtful one, and
-    a hint (the target's own next step from the last trusted one).
+def check(question, solution_path, key, profile, as_json, draft, target, models_dir, n_ctx, threads, n_gpu_layers):
+    """Check a student's own solution to QUESTION step by step: which steps are right, the first one that is not,
+    why, and the step done right.
 
-    Every step is read by the target in one batched pass (its token log-probabilities, as the judge reads a draft
-    step) and by the draft (the paper's log-prob and attention signals).
+    \b
+    Evidence, cheapest first:
+      arithmetic   every stated computation re-evaluated exactly ("7 - 2 - 1 = 4, not 3")
+      provenance   a number that neither the question nor an earlier step gives
+      the target   solves the question itself (in words and as a program); when the student's answer is none
+                   of its answers, the first step producing a value it never computes is flagged
 
     \b
     Example:
       specguard-local check "What is 48 + 48 / 2?" --solution my_steps.txt
+      specguard-local check "What is 48 + 48 / 2?" --solution my_steps.txt --answer 72 --json
     """
+    from .tutor.check import check_solution, split_steps
     from .verify.signals import pair_profile
-    from .verify.solution import check_solution, split_steps
 
     text = click.get_text_stream("stdin").read() if solution_path == "-" else Path(solution_path).read_text()
-    steps = split_steps(text)
-    if not question.strip():
-        raise SpecGuardError("the question is empty")
     with make_runtime(draft, target, models_dir, n_ctx, threads, n_gpu_layers) as rt:
-        result = check_solution(rt, rt.prompt_tokens(question), steps,
-                                pair_profile(profile, rt.ids["draft"], rt.ids["target"]), threshold)
+        result = check_solution(rt, question, split_steps(text),
+                                pair_profile(profile, rt.ids["draft"], rt.ids["target"]), key)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
     for step in result.steps:
-        mark = "?" if step.doubtful else "✓"
-        label = click.style(f"[{step.index + 1} {mark} p_min={math.exp(step.scores['target_logprob_min']):.2f} "
-                            f"r={step.scores['r']:.2f}]", fg="yellow" if step.doubtful else "green")
-        click.echo(f"{label} {step.text}")
+        label = f"[{step.index + 1} ✗ {step.evidence}]" if step.doubtful else f"[{step.index + 1} ✓]"
+        click.echo(f"{click.style(label, fg='yellow' if step.doubtful else 'green')} {step.text}")
+        if step.doubtful:
+            click.echo(click.style(f"    why: {step.reason}", fg="yellow"))
+    mine = ", ".join(dict.fromkeys(result.target_answers)) or "none"
     if result.first_doubtful is None:
-        click.echo("\nEvery step looks right.")
+        click.echo(f"\nEvery step looks right (your answer {result.answer}; the target's: {mine}).")
     else:
-        click.echo(f"\nFirst doubtful step: {result.first_doubtful + 1}.\nHint: {result.hint}")
+        click.echo(f"\nFirst doubtful step: {result.first_doubtful + 1}.")
+        if result.hint:
+            click.echo(f"Hint: {result.hint}")
+    click.echo(click.style(f"checked in {result.seconds:.1f} s · the target wrote {result.target_tokens} tokens",
+                           dim=True))
 
 
 @main.command()

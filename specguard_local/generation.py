@@ -32,6 +32,10 @@ class PairRuntime(Protocol):
 
     def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> "Session": ...
 
+    def prompt_tokens(self, question: str) -> list[int]: ...
+
+    def chat_tokens(self, messages: list[tuple[str, str]]) -> list[int]: ...
+
 
 @dataclass
 class Session:

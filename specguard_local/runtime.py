@@ -112,6 +112,12 @@ class SlotRuntime:
     def model(self, role: str) -> Model:
         return self.shared.model(role)
 
+    def prompt_tokens(self, question: str) -> list[int]:
+        return self.shared.prompt_tokens(question)
+
+    def chat_tokens(self, messages: list[tuple[str, str]]) -> list[int]:
+        return self.shared.chat_tokens(messages)
+
     def session(self, role: str, n_seq: int = 1, layers: int = 0, hidden: bool = False) -> Session:
         if n_seq > self.n_seq:
             raise SpecGuardError(f"{n_seq} candidates per step need {n_seq} sequences per request; the server has "

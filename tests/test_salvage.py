@@ -30,6 +30,23 @@ def test_verifier_parts_run_cheapest_first():
     assert parse_verifier("target-judge+probe", profile).early_rejection_tau() is None
 
 
+def test_the_arithmetic_verifier_keeps_a_stretch_only_when_its_computations_are_right():
+    from specguard_local.generation import Candidate
+    from specguard_local.verify.stage import check
+
+    verifier = parse_verifier("arithmetic+target-judge", Profile(-5.0, 0.0, 0.0, 1.0, taus={"target-judge": 0.9}))
+    assert verifier.parts == ("arithmetic", "target-judge") and verifier.taus == (1.0, 0.9)  # a fixed τ of 1
+    alone = parse_verifier("arithmetic", Profile(-5.0, 0.0, 0.0, 1.0))
+
+    def never_read():
+        raise AssertionError("the target's pass is not needed")
+
+    for text, right in (("So 48 / 2 = 24 clips.", True), ("So 48 / 2 = 26 clips.", False), ("No sums here.", True)):
+        scores = {}
+        kept, read = check(alone, Candidate(seq=0, data=text.encode()), scores, never_read)
+        assert kept is right and read is None and scores["arithmetic"] == float(right)
+
+
 def test_salvage_defaults_to_the_verifier_that_reads_every_kept_stretch():
     from specguard_local.decoders.specguard import default_verifier
 

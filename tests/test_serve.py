@@ -236,22 +236,24 @@ def test_any_option_values_over_http_give_200_or_a_4xx(tiny_server, method, opti
     assert status == 200 or (400 <= status < 500 and answer["error"]["message"] and answer["error"]["type"]), answer
 
 
-def test_check_scores_a_students_steps_over_http(tiny_server):
-    steps = ["1 + 2 = 3", "3 + 4 = 7", "so 7"]
-    status, answer = tiny_server.post({"question": "Count on.", "steps": steps, "threshold": 0.5}, path="/v1/check")
+def test_check_judges_a_students_steps_over_http(tiny_server):
+    steps = ["1 + 2 = 3", "3 + 4 = 8", "so 8"]
+    status, answer = tiny_server.post({"question": "Count on.", "steps": steps}, path="/v1/check")
     assert status == 200, answer
     assert answer["object"] == "check" and [s["text"] for s in answer["steps"]] == steps
-    assert answer["first_doubtful"] == 0 and answer["hint"]  # every log-prob is below 0.5: all doubtful
-    status, trusting = tiny_server.post({"question": "Count on.", "solution": "\n\n".join(steps),
-                                         "threshold": -1e9}, path="/v1/check")
-    assert status == 200 and trusting["first_doubtful"] is None and trusting["hint"] is None
-    assert [s["scores"] for s in trusting["steps"]] == [s["scores"] for s in answer["steps"]]
+    assert answer["first_doubtful"] == 1 and answer["hint"] == "3 + 4 = 7"
+    assert answer["steps"][1]["reason"] == "3 + 4 = 7, not 8" and answer["steps"][1]["evidence"] == "arithmetic"
+    status, keyed = tiny_server.post({"question": "Count on.", "solution": "\n\n".join(steps[:1]), "answer": 3},
+                                     path="/v1/check")
+    assert status == 200 and keyed["first_doubtful"] is None and keyed["hint"] is None and keyed["answer"] == "3"
+    assert keyed["target_answers"] == ["3"]   # the key decides
 
 
 @pytest.mark.parametrize("body, param", [
     (b"{not json", None), ([], None), ({"steps": ["a"]}, "question"), ({"question": "q"}, "steps"),
     ({"question": "q", "steps": []}, "steps"), ({"question": "q", "steps": ["a", " "]}, "steps"),
-    ({"question": "q", "steps": [1]}, "steps"), ({"question": "q", "steps": ["a"], "threshold": "low"}, "threshold"),
+    ({"question": "q", "steps": [1]}, "steps"), ({"question": "q", "steps": ["a"], "answer": "many"}, "answer"),
+    ({"question": "q", "steps": ["a"], "answer": True}, "answer"),
     ({"question": "q", "steps": ["a"] * 65}, "steps"),
 ])
 def test_a_bad_check_is_a_400(tiny_server, body, param):

@@ -29,7 +29,7 @@ class Options:
     seed: int = 0
     beta: float | None = None       # None: the calibration profile's value
     tau: float | None = None        # None: the profile's τ for the verifier
-    verifier: str | None = None     # signals, target-judge, probe or a '+' combination; None: the profile's choice
+    verifier: str | None = None     # signals, target-judge, probe, arithmetic or a "+" combination; None: profile
     probe: str | None = None        # probe file for the probe verifier; None: the shipped one for the pair
     adapt: bool = True              # specguard: stop drafting when it is measured not to pay (decoders/controller)
     salvage: bool = True            # specguard: a step the verifier refuses keeps the target-agreed prefix (one
@@ -76,7 +76,8 @@ SCHEMA: dict[str, Field] = {
     "seed": Field(int, "an integer in [0, 2**63)", lambda value: 0 <= value < 2 ** 63),
     "beta": Field(float, "a number in [0, 1]", _within(0, 1)),
     "tau": Field(float, "a number >= 0 (above 1: never keep a drafted step)", _at_least(0)),
-    "verifier": Field(str, "signals, target-judge, probe or a '+' combination", lambda value: bool(value.strip())),
+    "verifier": Field(str, "signals, target-judge, probe, arithmetic or a '+' combination",
+                      lambda value: bool(value.strip())),
     "probe": Field(str, request=False),
     "adapt": Field(bool),
     "salvage": Field(bool),

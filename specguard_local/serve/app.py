@@ -1,7 +1,7 @@
 """`specguard-local serve`: the loaded pair behind an OpenAI-compatible HTTP API (Starlette on uvicorn).
 
 Routes: POST /v1/chat/completions (streamed as server-sent events, or not), POST /v1/check (a student's own steps
-checked one by one, `verify.solution`), GET /v1/models (one entry per method), GET /health, and the tutor page at
+checked one by one, `tutor.check`), GET /v1/models (one entry per method), GET /health, and the tutor page at
 GET / (`static/`: one page, its script and style, and a vendored, pinned KaTeX; it asks this server only). Both POST
 routes share the API key, the slots and the queue. A request waits for its first step before the response starts, so every error found before decoding
 (bad option values, a prompt longer than the context, …) is a 400 with an OpenAI-style error object; an error after
@@ -32,7 +32,7 @@ from ..decoders.options import Options
 from ..errors import SpecGuardError
 from ..runtime import Runtime
 from ..verify.signals import pair_profile
-from ..verify.solution import check_solution
+from ..tutor.check import check_solution
 from . import chat
 from .chat import RequestError
 from .jobs import Job, Scheduler
@@ -76,13 +76,13 @@ def create_app(rt: Runtime, parallel: int = 1, queue: int = 16, max_k: int = 1, 
             raise RequestError(400, "the body is not valid JSON")
 
     async def check(request: Request) -> JSONResponse:
-        question, steps, threshold = chat.parse_check(await json_body(request))
+        question, steps, key = chat.parse_check(await json_body(request))
         try:
-            prompt = rt.chat_tokens([("user", question)])
+            rt.prompt_tokens(question)   # a question too long for the context is the client's error
             profile = pair_profile(defaults.profile, rt.ids["draft"], rt.ids["target"])
         except SpecGuardError as exc:
             raise RequestError(400, str(exc))
-        job = Job(lambda slot_rt: [check_solution(slot_rt, prompt, steps, profile, threshold)])
+        job = Job(lambda slot_rt: [check_solution(slot_rt, question, steps, profile, key)])
         await scheduler.start(job)
         try:
             while True:

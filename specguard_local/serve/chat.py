@@ -17,7 +17,8 @@ from ..decoders import METHODS
 from ..decoders.options import KIND_NAMES, SCHEMA, Options, typed
 from ..errors import OptionError
 from ..events import Step
-from ..verify.solution import MAX_STEPS, split_steps
+from ..tutor.check import MAX_STEPS, split_steps
+from ..tutor.reference import answer_value
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -123,9 +124,9 @@ def parse_request(body, max_k: int, defaults: Options = Options()) -> ChatReques
                        include_usage=bool(_typed(stream_options, "include_usage", bool)))
 
 
-def parse_check(body) -> tuple[str, list[str], float | None]:
-    """A `/v1/check` body: the question, the student's steps (a list, or one `solution` text split at blank lines)
-    and an optional threshold."""
+def parse_check(body) -> tuple[str, list[str], str | None]:
+    """A `/v1/check` body: the question, the student's steps (a list, or one `solution` text split at blank
+    lines) and the optional answer key (`answer`: one number, as a number or a string)."""
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object")
     question = body.get("question")
@@ -139,11 +140,11 @@ def parse_check(body) -> tuple[str, list[str], float | None]:
                                 "text, a step per paragraph)", param="steps")
     if len(steps) > MAX_STEPS:
         raise RequestError(400, f"at most {MAX_STEPS} steps are checked at once", param="steps")
-    threshold = body.get("threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or threshold != threshold):
-        raise RequestError(400, "'threshold' must be a number (a log-probability, e.g. -3)", param="threshold")
-    return question.strip(), [s.strip() for s in steps], None if threshold is None else float(threshold)
+    key = body.get("answer")
+    if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int, float))
+                            or answer_value(str(key)) is None):
+        raise RequestError(400, "'answer' must be one number (e.g. 72, \"2.5\", \"3/4\", \"25%\")", param="answer")
+    return question.strip(), [s.strip() for s in steps], None if key is None else str(key)
 
 
 class StopText:

@@ -45,7 +45,7 @@ class Profile:
                                             # docs/measurements.md: stretches the draft's signals kept unread
                                             # lost 2 of 8 answers on the F16 target)
     draft_p_min: float = 0.7        # salvage: the draft stops once its own odds of the whole stretch fall below this
-    check_logprob_min: float = -3.0  # checking a student's step: doubtful below this min log-prob of its maths tokens
+    check: dict = field(default_factory=dict)  # the tutor's check: `tutor.check.Rule` fields, without_key / with_key
     draft: str = ""
     target: str = ""
     notes: dict = field(default_factory=dict)
@@ -59,6 +59,7 @@ class Profile:
             data = json.loads(Path(path).read_text())
             if "tau" in data:  # profiles from before verifiers had one τ, the signals'
                 data["taus"] = {**data.get("taus", {}), "signals": data.pop("tau")}
+            data.pop("check_logprob_min", None)  # the tutor's check before it judged correctness
             profile = Profile(**data)
         except (OSError, ValueError, TypeError) as exc:
             raise SpecGuardError(f"bad calibration profile {path}: {exc}") from None

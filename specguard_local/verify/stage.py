@@ -10,6 +10,9 @@ step iff score ≥ its τ:
                 one-prefill score). The prefill also leaves an accepted step in the target's KV cache.
   probe         a logistic probe on mean final hidden states (SemanticSpec, arXiv 2602.03708) trained on outcome
                 labels from `specguard-local study`; score = 1 - P(harmful). See `probe`.
+  arithmetic    the tutor's exact arithmetic (`specguard_local.arithmetic`): 1 when every computation the drafted
+                text states is right, else 0 (a step that states none scores 1). Judges correctness, not agreement
+                with the target, so it is lossy by design; offered to measure what that keeps.
   a+b           accept only when every part accepts (e.g. `signals+target-judge`). The parts run cheapest first
                 (`PARTS`: the draft's signals, the probe, the target's judge) and the first that fails ends the
                 check, so a part that needs the target's pass never runs for a step the draft's own signals reject.
@@ -29,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..arithmetic import computations
 from ..capture import HIDDEN
 from ..engine import softmax, token_logprob
 from ..errors import SpecGuardError
@@ -42,9 +46,11 @@ class Part:
     cost_rank: int        # parts run in this order
     reads_target: bool    # needs the target's pass (a probe: only when its features include the target's)
     falls_only: bool      # its score can only fall as a step grows, so a draft may stop once it fails
+    tau: float | None = None   # a yes/no score's fixed τ (no profile needed)
 
 
-PARTS = {"signals": Part("r", 0, False, True),               # minima over tokens; causal grounding
+PARTS = {"arithmetic": Part("arithmetic", 0, False, False, 1.0),   # exact; a partial "48 / 2 = 2" is not yet wrong
+         "signals": Part("r", 0, False, True),               # minima over tokens; causal grounding
          "probe": Part("probe_safe", 1, True, False),         # a dot product (+ the pass for target features)
          "target-judge": Part("judge", 2, True, False)}       # a mean: it may rise again
 VERIFIERS = tuple(PARTS)
@@ -125,12 +131,13 @@ def parse_verifier(spec: str, profile: Profile, tau: float | None = None) -> Ver
     if tau is not None and len(parts) > 1:
         raise SpecGuardError("--tau sets the threshold of a single verifier; a combination takes each part's τ from "
                              "the profile (`specguard-local calibrate --study`)")
-    missing = [part for part in parts if part not in profile.taus and tau is None]
+    taus = {part: PARTS[part].tau for part in parts if PARTS[part].tau is not None} | profile.taus
+    missing = [part for part in parts if part not in taus and tau is None]
     if missing:
         raise SpecGuardError(f"the calibration profile has no τ for {', '.join(missing)}; pass --tau or calibrate "
                              f"with `specguard-local calibrate --study DIR`")
     parts = tuple(sorted(parts, key=lambda part: PARTS[part].cost_rank))
-    return Verifier(parts, tuple(tau if tau is not None else profile.taus[part] for part in parts))
+    return Verifier(parts, tuple(tau if tau is not None else taus[part] for part in parts))
 
 
 def needs_pass(part: str, probe: Probe | None) -> bool:
@@ -155,6 +162,9 @@ def check(verifier: Verifier, proposal: Candidate, scores: dict[str, float], rea
         if needs_pass(part, probe) and target_read is None:
             target_read = read()
             scores.update(target_read.scores)
+        if part == "arithmetic":
+            text = proposal.data.decode("utf-8", errors="replace")
+            scores["arithmetic"] = float(all(c.right for c in computations(text)))
         if part == "probe":
             hidden = target_read.hidden if target_read is not None else None
             scores["probe_safe"] = 1.0 - probe.harm(probe_features(probe, proposal, hidden))

@@ -182,17 +182,23 @@ async function check(event) {
     if (!response.ok) return showError(errorBox, await errorMessage(response));
     const result = await response.json();
     for (const step of result.steps) {
-      const item = stepItem(step.doubtful ? "doubtful" : "right", step.doubtful ? "? doubtful" : "✓ looks right",
+      const item = stepItem(step.doubtful ? "doubtful" : "right", step.doubtful ? `✗ ${step.evidence}` : "✓ right",
                             step.text, scoreLines(step.scores));
+      if (step.doubtful) {
+        const why = document.createElement("div");
+        why.className = "why";
+        why.textContent = `Why: ${step.reason}`;
+        item.querySelector(".text").after(why);
+      }
       if (step.index === result.first_doubtful) item.classList.add("first");
       $("checked").append(item);
     }
     const verdict = $("verdict");
     if (result.first_doubtful === null) {
-      verdict.textContent = "Every step looks right.";
+      verdict.textContent = `Every step looks right (your answer: ${result.answer}).`;
     } else {
-      verdict.textContent = `Step ${result.first_doubtful + 1} looks doubtful. A hint — the next step from the ` +
-                            `last step that looks right: ${result.hint}`;
+      verdict.textContent = `Step ${result.first_doubtful + 1} looks wrong: ${result.steps[result.first_doubtful].reason}.` +
+                            (result.hint ? ` Hint — that step done right: ${result.hint}` : "");
     }
     renderMath(verdict);
     verdict.hidden = false;
