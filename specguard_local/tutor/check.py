@@ -112,8 +112,10 @@ def check_solution(rt: PairRuntime, question: str, steps: list[str], profile: Pr
 
 def gather(rt: PairRuntime, question: str, steps: list[str], rule: Rule, key: Fraction | None = None) -> Evidence:
     """The target's solutions and its reading of the student's steps, each only when it can change the verdict:
-    none when the key says the answer is right; the program only when the words do not give the student's
-    answer; the reading only when the rule gates on it and the target disagrees."""
+    none when the key says the answer is right; the solution in words only when the program does not give the
+    student's answer; the reading only when the rule reads it and both solutions were needed. Whichever solver
+    runs first, the verdicts are the same (`decide` flags on the target's word only when no solution of its gives
+    the student's answer)."""
     steps = [step.strip() for step in steps]
     if not question.strip():
         raise SpecGuardError("the question is empty")
@@ -124,9 +126,9 @@ def gather(rt: PairRuntime, question: str, steps: list[str], rule: Rule, key: Fr
     _, answer = student_answer(steps)
     references = []
     if key is None or not _close(answer, key):
-        references.append(solve_in_words(rt, question))
-        if key is not None or not _close(answer, references[0].answer):
-            references.append(solve_as_program(rt, question))
+        program = solve_as_program(rt, question)   # the cheaper solver first (~100 tokens against ~250)
+        settled = key is None and _close(answer, program.answer)
+        references = [program] if settled else [solve_in_words(rt, question), program]
     read = rule.reads_steps and len(references) == 2
     return Evidence(question, steps, references, read_steps(rt, question, steps) if read else None, key)
 
