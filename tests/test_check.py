@@ -151,6 +151,13 @@ def test_corruptions_of_the_regression_study_change_one_thing():
     assert corrupt("No numbers here.", random.Random(0)) is None
 
 
+def test_a_wrong_result_carried_into_a_later_step_marks_that_step_too():
+    result = decide(Evidence(NATALIA, WRONG, [], None), Rule())
+    assert result.first_doubtful == 1 and [s.evidence for s in result.steps] == [None, "arithmetic", "carried"]
+    assert result.steps[2].reason == "uses 26 from step 2, which is not right"
+    assert [s.doubtful for s in decide(Evidence(NATALIA, RIGHT, [], None), Rule()).steps] == [False] * 3
+
+
 def test_steps_are_paragraphs():
     assert split_steps("a\n\n\nb\r\n\r\nc  \n\n  ") == ["a", "b", "c"]
     assert split_steps("one line\nsame step") == ["one line\nsame step"]
@@ -196,6 +203,7 @@ def test_check_cli_prints_json(tmp_path):
     result = json.loads(done.stdout)
     assert result["first_doubtful"] == 1 and len(result["steps"]) == 3 and result["hint"] == "48 / 2 = 24"
     assert result["steps"][1]["reason"] == "48 / 2 = 24, not 26" and result["steps"][1]["evidence"] == "arithmetic"
+    assert result["steps"][2]["evidence"] == "carried"
     missing = subprocess.run([sys.executable, "-m", "specguard_local.cli", "check", NATALIA, "--solution",
                               str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "error" in missing.stderr.lower()

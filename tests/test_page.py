@@ -118,6 +118,7 @@ def test_a_real_answer_is_highlighted_and_a_corrupted_step_is_flagged(page, real
     assert len(classes) == 3 and "doubtful" in classes[1] and "first" in classes[1] and "doubtful" not in classes[0]
     assert "Step 2" in page.inner_text("#verdict") and "48 / 2 = 24, not 26" in page.inner_text("#verdict")
     assert "Why: 48 / 2 = 24, not 26" in page.locator("#checked li").nth(1).inner_text()
+    assert "uses 26 from step 2" in page.locator("#checked li").nth(2).inner_text()
     shot = Path(os.environ.get("SPECGUARD_SCREENSHOT", tmp_path / "tutor.png"))  # the README's picture
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

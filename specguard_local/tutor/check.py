@@ -60,7 +60,7 @@ class StepCheck:
     text: str
     doubtful: bool
     reason: str | None         # why the step is doubtful, for the student (None: it looks right)
-    evidence: str | None       # arithmetic | provenance | target
+    evidence: str | None       # arithmetic | provenance | target | carried (uses a wrong result of an earlier step)
     scores: dict[str, float] = field(default_factory=dict)
 
 
@@ -201,6 +201,7 @@ def decide(evidence: Evidence, rule: Rule) -> SolutionCheck:
                       or evidence.surprise[index] < rule.logprob_min)
         if surprising and flags[index] is None:
             flags[index] = ("target", reason)
+    _carry(steps, flags)
     first = next((i for i, flag in enumerate(flags) if flag), None)
     checks = [StepCheck(i, step, flag is not None, flag[1] if flag else None, flag[0] if flag else None,
                         {} if evidence.surprise is None else {"maths_logprob_min": evidence.surprise[i]})
@@ -208,6 +209,19 @@ def decide(evidence: Evidence, rule: Rule) -> SolutionCheck:
     hint = None if first is None else _hint(question, steps, first, flags[first][0], evidence.references,
                                             answers[0] if answers else None)
     return SolutionCheck(checks, first, hint, written, [show(a) for a in answers])
+
+
+def _carry(steps: list[str], flags: list[tuple[str, str] | None]) -> None:
+    """Mark a later step that computes with a wrong result of an arithmetic-flagged step ("48 + 26 = 74" after
+    "48 / 2 = 26"): right on its own, wrong for the student. Never the first doubtful step."""
+    for index, step in enumerate(steps):
+        if flags[index] is None or flags[index][0] != "arithmetic":
+            continue
+        wrong = {numbers(c.stated)[0] for c in computations(step) if not c.right and numbers(c.stated)}
+        for later in range(index + 1, len(steps)):
+            used = [n for c in computations(steps[later]) for n in c.operands if n in wrong]
+            if used and flags[later] is None:
+                flags[later] = ("carried", f"uses {show(used[0])} from step {index + 1}, which is not right")
 
 
 def _close(value: Fraction | None, other: Fraction | None) -> bool:
