@@ -160,7 +160,8 @@ def report(items: list[dict], rows: dict) -> dict:
         "some_target_answer_is_the_right_one": float(np.mean([any(x.answer == g for x in r)
                                                                for r, g in zip(refs, gold)])),
         "some_target_answer_is_the_students_wrong_one": float(np.mean(
-            [a is not None and a != g and any(x.answer == a for x in r) for r, a, g in zip(refs, wrong_answers, gold)])),
+            [a is not None and a != g and any(x.answer == a for x in r)
+             for r, a, g in zip(refs, wrong_answers, gold)])),
         "wrong_solutions_whose_final_answer_is_right": float(np.mean([a == g for a, g in zip(wrong_answers, gold)])),
         "labelled_step_has_a_false_computation": float(np.mean([any(not c.right for c in computations(
             i["student_steps"][i["first_error"]])) for i in items])),
@@ -199,7 +200,8 @@ def main() -> None:
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in ("problems", "wrong_exact", "right_clean", "f1")}, indent=2))
     for name, row in summary["ablation"].items():
-        print(f"{name:45s} wrong_exact {row['wrong_exact']:.2f} right_clean {row['right_clean']:.2f} f1 {row['f1']:.2f}")
+        print(f"{name:45s} wrong_exact {row['wrong_exact']:.2f} right_clean {row['right_clean']:.2f} "
+              f"f1 {row['f1']:.2f}")
 
 
 if __name__ == "__main__":

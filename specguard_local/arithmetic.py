@@ -11,6 +11,7 @@ evaluated as code. A stated result is right when the exact value rounds to it at
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,6 +31,7 @@ MAX_GAP_WORDS = 3     # words between an operator and its next number ("+ his 1 
 CLAUSE = {"so", "because", "then", "and", "which", "that", "is", "are", "was", "were", "if", "but", "since",
           "therefore", "thus", "hence", "when", "while", "or"}
 MAX_EXPONENT = 64
+MAX_POWERS = 2   # powers in one expression: at worst a literal to the 64², never a tower
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def _segments(tokens: list[_Token]) -> list[list[_Token]]:
     segments, run, i = [], [], 0
     while i < len(tokens):
         token = tokens[i]
-        if token.kind == "word" and token.text in ("x", "X") and run and (run[-1].kind == "number" or run[-1].text == ")") \
+        ends_operand = bool(run) and (run[-1].kind == "number" or run[-1].text == ")")
+        if token.kind == "word" and token.text in ("x", "X") and ends_operand \
                 and i + 1 < len(tokens) and (tokens[i + 1].kind == "number" or tokens[i + 1].text == "("):
             token = _Token("op", "*", "x")   # 27 x 2; in "3x + 37" x is a variable
         if token.kind in ("number", "op"):
@@ -115,7 +118,6 @@ def _segments(tokens: list[_Token]) -> list[list[_Token]]:
                 run.append(_Token("op", "*", "of"))
                 i += 1
                 continue
-            ends_operand = run[-1].kind == "number" or run[-1].text == ")"
             gap = sum(t.kind == "word" for t in tokens[i:after])
             if after < len(tokens) and (
                     (ends_operand and tokens[after].kind == "op" and tokens[after].text != "(")
@@ -159,9 +161,12 @@ def _value(part: list[_Token]) -> Fraction | None:
             pieces.append("*")   # 2(3 + 4)
         pieces.append(token.text)
     source = " ".join(pieces)
-    exponents = re.findall(r"\*\*\s*\(?\s*(\d+)", source)
-    if any(int(e) > MAX_EXPONENT for e in exponents) or re.search(r"[*/]\s+[*/]", source):
-        return None   # a huge power, or two operators in a row ("2 * * 3"): not a computation a student states
+    exponents = re.findall(r"\*\*\s*(?:(\d+)(?![\d.])|\(\s*(\d+)\s*\))", source)   # integer literals only
+    exponents = [plain or bracketed for plain, bracketed in exponents]
+    powers = source.count("**")
+    if (powers > MAX_POWERS or len(exponents) != powers or any(int(e) > MAX_EXPONENT for e in exponents)
+            or re.search(r"\*\*\s*\(?\s*\d+\s*\)?\s*\*\*", source) or re.search(r"[*/]\s+[*/]", source)):
+        return None   # a power too large to state (2^99999, 2^64^64, 2^(3+x)), or two operators in a row
     try:
         value = nsimplify(parse_expr(source, evaluate=True), rational=True)
     except Exception:  # sympy raises many kinds on a malformed expression (a dangling operator, "()")
@@ -178,10 +183,12 @@ def _matches(value: Fraction, stated: Fraction, decimals: int, percent: bool) ->
     return any(abs(value - number) <= Fraction(1, 2 * 10 ** max(places, 0)) for number, places in readings)
 
 
-def computations(step: str) -> list[Computation]:
+@functools.lru_cache(maxsize=4096)
+def computations(step: str) -> tuple[Computation, ...]:
     """Every equality the step states with a computation on one side. In a chain `a = b = c` each side is compared
     with the next; a side that is itself an expression ("80 * 2 = 160" in "80 * (4 - 2) = 80 * 2 = 160") is compared
-    by its value, or by the number it starts with (a running total: "5 * 3 = 15 + 3 = 18")."""
+    by its value, or by the number it starts with (a running total: "5 * 3 = 15 + 3 = 18"). Cached: the check
+    reads each step's computations for several kinds of evidence."""
     found = []
     for segment in _segments(_tokens(step)):
         parts, part = [], []
@@ -193,7 +200,7 @@ def computations(step: str) -> list[Computation]:
                 part.append(token)
         parts.append(part)
         for left, right in zip(parts, parts[1:]):
-            if not _computes(left) or not right or right[0].kind != "number" and right[0].text not in "-(":
+            if not _computes(left) or not right or right[0].kind != "number" and right[0].text not in ("-", "("):
                 continue
             value = _value(left)
             if value is None:
@@ -213,12 +220,12 @@ def computations(step: str) -> list[Computation]:
             found.append(Computation(shown, "-" * (sign < 0) + number.shown, value,
                                      _matches(value, sign * number.number, number.decimals,
                                               number.shown.endswith("%")), _operands(left)))
-    return found
+    return tuple(found)
 
 
 def _computes(part: list[_Token]) -> bool:
     """A side with an operation on numbers, not cut off mid-expression (a leading + * / is a lost left operand)."""
-    return (bool(part) and part[0].text not in "+*/**" and any(t.kind == "number" for t in part)
+    return (bool(part) and part[0].text not in ("+", "*", "/", "**") and any(t.kind == "number" for t in part)
             and any(t.kind == "op" and t.text not in "()" for t in part[1:]))
 
 

@@ -55,6 +55,7 @@ def test_stated_computations_are_evaluated_exactly(step, expected):
     "Robyn has 16 emails; 9 = the rest",         # nothing computed on the left
     "Combining like terms, we have: 2 * Fawn's number of books + 13 = 85.",   # the left side is cut off
     "So the total is 2 ** 99999 = 5",            # an exponent that large is not evaluated
+    "So the total is 2^64^64 = 5",               # nor a stacked power (its value has 10^115 digits)
     "__import__('os').system('echo hi') = 1 + 1 = 3",   # words are never code: only 1 + 1 reaches sympy
 ])
 def test_what_is_not_arithmetic_is_not_judged(step):
@@ -91,6 +92,7 @@ def test_a_program_is_read_without_running_it():
                    "x = (1).__class__", "x = 2 ** 10 ** 10", "x = 'text'", "x = [1, 2]"):
         assert run_program(unsafe) == ({}, None), unsafe
     assert run_program("def f(:\n") == ({}, None)
+    assert run_program("a = 10 ** 64\nb = a ** 64\nc = b ** 64\nd = 2 ** 3 ** 2") == ({"a": 10 ** 64}, 10 ** 64)
 
 
 def reference(how, text, values, answer):

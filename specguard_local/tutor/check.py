@@ -237,8 +237,8 @@ def _produced(step: str, known: set[Fraction]) -> list[Fraction]:
 
 def _departure(question: str, steps: list[str], references: list[Reference], right: str) -> tuple[int, str]:
     """The first step producing a value none of the target's solutions computes; else the step with the answer."""
-    computed = set().union(*(ref.values for ref in references)) | given(question)
     known = given(question)
+    computed = set().union(*(ref.values for ref in references)) | known
     for index, step in enumerate(steps):
         stray = [v for v in _produced(step, known) if not any(_close(v, c) for c in computed)]
         if stray:

@@ -33,6 +33,7 @@ FUNCTIONS = {"round", "int", "abs", "min", "max", "ceil", "floor"}
 ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Call, ast.Attribute,
            ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd)
 MAX_EXPONENT = 64
+MAX_BITS = 4096   # a value larger than this is no quantity of a word problem: dropped, so powers never stack
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def run_program(text: str) -> tuple[dict[str, Fraction], Fraction | None]:
 
 
 def _evaluate(expr: ast.expr, values: dict[str, Fraction]) -> Fraction | None:
+    if sum(isinstance(node, ast.Pow) for node in ast.walk(expr)) > 1:
+        return None
     for node in ast.walk(expr):
         if not isinstance(node, ALLOWED):
             return None
@@ -114,4 +117,6 @@ def _evaluate(expr: ast.expr, values: dict[str, Fraction]) -> Fraction | None:
                            rational=True)
     except Exception:  # sympy raises many kinds on what it cannot evaluate (min of nothing, division by zero)
         return None
-    return Fraction(int(result.p), int(result.q)) if isinstance(result, Rational) else None
+    if not isinstance(result, Rational) or max(int(result.p).bit_length(), int(result.q).bit_length()) > MAX_BITS:
+        return None
+    return Fraction(int(result.p), int(result.q))
